@@ -1,0 +1,22 @@
+"""Multi-scale deformable attention: compiled CPU/CUDA kernels and a PyTorch reference."""
+
+from ecom2f.ops.extension import extension_loaded, has_kernel, library_path
+from ecom2f.ops.ms_deform_attn import check_ms_deform_attn_inputs, ms_deform_attn
+from ecom2f.ops.reference import ms_deform_attn_reference
+from ecom2f.ops.registration import FLOPS_PER_SAMPLE_CHANNEL, forward_flops
+
+if extension_loaded():
+    from ecom2f.ops import registration as _registration
+
+    _registration.register()
+
+__all__ = [
+    "FLOPS_PER_SAMPLE_CHANNEL",
+    "check_ms_deform_attn_inputs",
+    "extension_loaded",
+    "forward_flops",
+    "has_kernel",
+    "library_path",
+    "ms_deform_attn",
+    "ms_deform_attn_reference",
+]
