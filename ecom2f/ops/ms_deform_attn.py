@@ -12,6 +12,8 @@ import torch
 from ecom2f.ops.extension import has_kernel
 from ecom2f.ops.reference import ms_deform_attn_reference
 
+# Decided once at import, so torch.compile sees constants rather than dispatcher queries.
+_KERNEL_DEVICES = frozenset(device for device in ("cpu", "cuda") if has_kernel(device))
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -134,7 +136,7 @@ def ms_deform_attn(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
         check_layout=not (compiling or capturing),
     )
-    if has_kernel(value.device.type):
+    if value.device.type in _KERNEL_DEVICES:
         return torch.ops.ecom2f.ms_deform_attn(
             value.contiguous(),
             spatial_shapes.contiguous(),

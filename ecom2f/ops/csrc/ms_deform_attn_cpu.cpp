@@ -20,6 +20,41 @@
 namespace ecom2f {
 namespace {
 
+// Where the compiler can, the row functions are also built for AVX2+FMA and picked at
+// load time (GCC/Clang target_clones), so one wheel runs everywhere and fast on x86-64-v3.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
+#define MSDA_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define MSDA_CPU_CLONES
+#endif
+
+// One output row (n, q, h): acc[D] = sum over levels, points and corners.
+template <typename scalar_t, typename acc_t>
+MSDA_CPU_CLONES void forward_row(const scalar_t* value_nh, const int64_t* shapes, const int64_t* starts,
+                                 const scalar_t* locations, const scalar_t* weights, acc_t* acc, scalar_t* out,
+                                 int64_t L, int64_t P, int64_t D, int64_t token_stride) {
+  BilinearCorners<acc_t> c;
+  for (int64_t j = 0; j < D; ++j) acc[j] = acc_t(0);
+  for (int64_t l = 0; l < L; ++l) {
+    const scalar_t* level_value = value_nh + starts[l] * token_stride;
+    for (int64_t p = 0; p < P; ++p) {
+      const int64_t i = l * P + p;
+      if (!bilinear_corners<acc_t>(locations[2 * i], locations[2 * i + 1], shapes[2 * l], shapes[2 * l + 1], c)) {
+        continue;
+      }
+      const acc_t a = weights[i];
+      for (int k = 0; k < 4; ++k) {
+        if (c.token[k] < 0) continue;
+        const acc_t coeff = a * c.weight[k];
+        const scalar_t* v = level_value + c.token[k] * token_stride;
+#pragma omp simd
+        for (int64_t j = 0; j < D; ++j) acc[j] += coeff * static_cast<acc_t>(v[j]);
+      }
+    }
+  }
+  for (int64_t j = 0; j < D; ++j) out[j] = static_cast<scalar_t>(acc[j]);
+}
+
 template <typename scalar_t, typename acc_t>
 void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t* starts, const scalar_t* locations,
                     const scalar_t* weights, scalar_t* output, const MsdaDims& d) {
@@ -28,33 +63,59 @@ void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t*
   const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(1, H * L * P));
   at::parallel_for(0, d.batch * d.queries, grain, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(D);
-    BilinearCorners<acc_t> c;
     for (int64_t nq = begin; nq < end; ++nq) {
       const int64_t n = nq / d.queries;
       for (int64_t h = 0; h < H; ++h) {
-        std::fill(acc.begin(), acc.end(), acc_t(0));
-        const int64_t row = (nq * H + h) * L * P;  // index of (n, q, h, 0, 0)
-        for (int64_t l = 0; l < L; ++l) {
-          const scalar_t* level_value = value + (n * d.tokens + starts[l]) * token_stride + h * D;
-          for (int64_t p = 0; p < P; ++p) {
-            const int64_t i = row + l * P + p;
-            if (!bilinear_corners<acc_t>(locations[2 * i], locations[2 * i + 1], shapes[2 * l], shapes[2 * l + 1], c)) {
-              continue;
-            }
-            const acc_t a = weights[i];
-            for (int k = 0; k < 4; ++k) {
-              if (c.token[k] < 0) continue;
-              const acc_t coeff = a * c.weight[k];
-              const scalar_t* v = level_value + c.token[k] * token_stride;
-              for (int64_t j = 0; j < D; ++j) acc[j] += coeff * static_cast<acc_t>(v[j]);
-            }
-          }
-        }
-        scalar_t* out = output + (nq * H + h) * D;
-        for (int64_t j = 0; j < D; ++j) out[j] = static_cast<scalar_t>(acc[j]);
+        const int64_t row = nq * H + h;
+        forward_row<scalar_t, acc_t>(value + n * d.tokens * token_stride + h * D, shapes, starts,
+                                     locations + 2 * row * L * P, weights + row * L * P, acc.data(),
+                                     output + row * D, L, P, D, token_stride);
       }
     }
   });
+}
+
+// The gradients of one row (n, q, h); grad_value_nh is owned by the calling task.
+template <typename scalar_t, typename acc_t>
+MSDA_CPU_CLONES void backward_row(const scalar_t* go, const scalar_t* value_nh, const int64_t* shapes,
+                                  const int64_t* starts, const scalar_t* locations, const scalar_t* weights,
+                                  acc_t* grad_value_nh, scalar_t* grad_locations, scalar_t* grad_weights,
+                                  int64_t L, int64_t P, int64_t D, int64_t token_stride) {
+  BilinearCorners<acc_t> c;
+  for (int64_t l = 0; l < L; ++l) {
+    const scalar_t* level_value = value_nh + starts[l] * token_stride;
+    acc_t* level_grad = grad_value_nh + starts[l] * token_stride;
+    for (int64_t p = 0; p < P; ++p) {
+      const int64_t i = l * P + p;
+      if (!bilinear_corners<acc_t>(locations[2 * i], locations[2 * i + 1], shapes[2 * l], shapes[2 * l + 1], c)) {
+        grad_weights[i] = scalar_t(0);
+        grad_locations[2 * i] = scalar_t(0);
+        grad_locations[2 * i + 1] = scalar_t(0);
+        continue;
+      }
+      const acc_t a = weights[i];
+      acc_t g_weight = 0, g_x = 0, g_y = 0;
+      for (int k = 0; k < 4; ++k) {
+        if (c.token[k] < 0) continue;
+        const scalar_t* v = level_value + c.token[k] * token_stride;
+        acc_t* gv = level_grad + c.token[k] * token_stride;
+        const acc_t coeff = a * c.weight[k];
+        acc_t dot = 0;  // <grad_output, value at this corner>
+#pragma omp simd reduction(+ : dot)
+        for (int64_t j = 0; j < D; ++j) {
+          const acc_t g = static_cast<acc_t>(go[j]);
+          dot += g * static_cast<acc_t>(v[j]);
+          gv[j] += coeff * g;
+        }
+        g_weight += c.weight[k] * dot;
+        g_x += c.d_dx[k] * dot;
+        g_y += c.d_dy[k] * dot;
+      }
+      grad_weights[i] = static_cast<scalar_t>(g_weight);
+      grad_locations[2 * i] = static_cast<scalar_t>(a * g_x);
+      grad_locations[2 * i + 1] = static_cast<scalar_t>(a * g_y);
+    }
+  }
 }
 
 template <typename scalar_t, typename acc_t>
@@ -64,47 +125,15 @@ void backward_kernel(const scalar_t* grad_output, const scalar_t* value, const i
   const int64_t H = d.heads, D = d.head_dim, L = d.levels, P = d.points, Q = d.queries;
   const int64_t token_stride = H * D;
   at::parallel_for(0, d.batch * H, 1, [&](int64_t begin, int64_t end) {
-    BilinearCorners<acc_t> c;
     for (int64_t nh = begin; nh < end; ++nh) {
       const int64_t n = nh / H, h = nh % H;
+      const int64_t value_offset = n * d.tokens * token_stride + h * D;
       for (int64_t q = 0; q < Q; ++q) {
-        const int64_t nq = n * Q + q;
-        const scalar_t* go = grad_output + (nq * H + h) * D;
-        const int64_t row = (nq * H + h) * L * P;
-        for (int64_t l = 0; l < L; ++l) {
-          const int64_t level_offset = (n * d.tokens + starts[l]) * token_stride + h * D;
-          const scalar_t* level_value = value + level_offset;
-          acc_t* level_grad = grad_value + level_offset;
-          for (int64_t p = 0; p < P; ++p) {
-            const int64_t i = row + l * P + p;
-            if (!bilinear_corners<acc_t>(locations[2 * i], locations[2 * i + 1], shapes[2 * l], shapes[2 * l + 1], c)) {
-              grad_weights[i] = scalar_t(0);
-              grad_locations[2 * i] = scalar_t(0);
-              grad_locations[2 * i + 1] = scalar_t(0);
-              continue;
-            }
-            const acc_t a = weights[i];
-            acc_t g_weight = 0, g_x = 0, g_y = 0;
-            for (int k = 0; k < 4; ++k) {
-              if (c.token[k] < 0) continue;
-              const scalar_t* v = level_value + c.token[k] * token_stride;
-              acc_t* gv = level_grad + c.token[k] * token_stride;
-              const acc_t coeff = a * c.weight[k];
-              acc_t dot = 0;  // <grad_output, value at this corner>
-              for (int64_t j = 0; j < D; ++j) {
-                const acc_t g = static_cast<acc_t>(go[j]);
-                dot += g * static_cast<acc_t>(v[j]);
-                gv[j] += coeff * g;
-              }
-              g_weight += c.weight[k] * dot;
-              g_x += c.d_dx[k] * dot;
-              g_y += c.d_dy[k] * dot;
-            }
-            grad_weights[i] = static_cast<scalar_t>(g_weight);
-            grad_locations[2 * i] = static_cast<scalar_t>(a * g_x);
-            grad_locations[2 * i + 1] = static_cast<scalar_t>(a * g_y);
-          }
-        }
+        const int64_t row = (n * Q + q) * H + h;
+        backward_row<scalar_t, acc_t>(grad_output + row * D, value + value_offset, shapes, starts,
+                                      locations + 2 * row * L * P, weights + row * L * P, grad_value + value_offset,
+                                      grad_locations + 2 * row * L * P, grad_weights + row * L * P, L, P, D,
+                                      token_stride);
       }
     }
   });
