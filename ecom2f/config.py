@@ -1,0 +1,244 @@
+"""Typed, validated configuration of an ECO-M2F run.
+
+A run is configured by one YAML file (with ``_base_`` inheritance, see
+:mod:`ecom2f.config_yaml`) plus dot-path overrides, validated into :class:`Config`:
+
+    config = load_config("configs/demo_cpu.yaml", ["solver.base_lr=2e-4"])
+    save_config(config, config.storage.layout().config)   # resolved, atomic
+
+Sections: ``model`` (:class:`ecom2f.modeling.config.ModelConfig`), ``data``, ``solver``,
+``parent`` (step 1), ``depth`` (step 2), ``gate`` (step 3 search), ``evaluation``,
+``storage`` and ``ray``. Unknown keys fail with the closest valid names; bad values
+name the key, the value and what is allowed (:class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import os
+from collections.abc import Iterable, Sequence
+
+from pydantic import Field, ValidationError, model_validator
+
+from ecom2f.config_errors import ConfigError, format_validation_error
+from ecom2f.config_sections import (
+    DataConfig,
+    DatasetSpec,
+    DepthConfig,
+    EvaluationConfig,
+    GateSearchConfig,
+    ParentConfig,
+    RayConfig,
+    Section,
+    SolverConfig,
+    StorageSection,
+)
+from ecom2f.config_yaml import apply_overrides, dump_yaml, load_yaml_tree
+from ecom2f.modeling.config import ModelConfig
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DatasetSpec",
+    "config_from_dict",
+    "config_to_yaml",
+    "load_config",
+    "prepare_run",
+    "save_config",
+]
+
+
+class Config(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    solver: SolverConfig = Field(default_factory=SolverConfig)
+    parent: ParentConfig = Field(default_factory=ParentConfig)
+    depth: DepthConfig = Field(default_factory=DepthConfig)
+    gate: GateSearchConfig = Field(default_factory=GateSearchConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    storage: StorageSection = Field(default_factory=StorageSection)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    seed: int = Field(0, ge=0)
+
+    # ------------------------------------------------------------------ derived values
+
+    @property
+    def encoder_layers(self) -> int:
+        return self.model.pixel_decoder.encoder_layers
+
+    @property
+    def parent_exits(self) -> list[int]:
+        return self.parent.exits or list(range(1, self.encoder_layers + 1))
+
+    @property
+    def depth_exits(self) -> list[int]:
+        return self.depth.exits or list(range(1, self.encoder_layers + 1))
+
+    @property
+    def evaluation_depths(self) -> list[int]:
+        return self.evaluation.depths or list(range(1, self.encoder_layers + 1))
+
+    @property
+    def batch_size_per_worker(self) -> int:
+        """Images per worker per micro-step: ims_per_batch / (workers x accumulation steps)."""
+        if self.data.batch_size_per_worker is not None:
+            return self.data.batch_size_per_worker
+        return self.solver.ims_per_batch // (self.ray.num_workers * self.solver.gradient_accumulation_steps)
+
+    # ------------------------------------------------------------------ cross-section rules
+
+    @model_validator(mode="after")
+    def _depths_within_encoder(self) -> Config:
+        layers = self.encoder_layers
+        for name, depths in (
+            ("parent.exits", self.parent.exits),
+            ("depth.exits", self.depth.exits),
+            ("evaluation.depths", self.evaluation.depths),
+        ):
+            outside = [k for k in depths or [] if not 1 <= k <= layers]
+            if outside:
+                raise ValueError(
+                    f"{name} {depths}: {outside} outside 1..{layers} "
+                    f"(model.pixel_decoder.encoder_layers = {layers})"
+                )
+        missing = [k for k in self.model.gate.exits if k not in self.depth_exits]
+        if missing:
+            raise ValueError(
+                f"depth.exits {self.depth.exits} must include every gate exit (model.gate.exits "
+                f"{self.model.gate.exits}); missing {missing}"
+            )
+        if self.parent.exit_weights is not None and len(self.parent.exit_weights) != len(self.parent_exits):
+            raise ValueError(
+                f"parent.exit_weights has {len(self.parent.exit_weights)} values but there are "
+                f"{len(self.parent_exits)} exits {self.parent_exits}; give one weight per exit"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> Config:
+        workers, accumulation = self.ray.num_workers, self.solver.gradient_accumulation_steps
+        per_step = workers * accumulation
+        if self.data.batch_size_per_worker is None:
+            if self.solver.ims_per_batch % per_step:
+                raise ValueError(
+                    f"solver.ims_per_batch {self.solver.ims_per_batch} is not divisible by ray.num_workers "
+                    f"{workers} x solver.gradient_accumulation_steps {accumulation}; change one of them "
+                    "or set data.batch_size_per_worker"
+                )
+        elif self.data.batch_size_per_worker * per_step != self.solver.ims_per_batch:
+            raise ValueError(
+                f"data.batch_size_per_worker {self.data.batch_size_per_worker} x ray.num_workers {workers} x "
+                f"solver.gradient_accumulation_steps {accumulation} = {self.data.batch_size_per_worker * per_step}, "
+                f"but solver.ims_per_batch is {self.solver.ims_per_batch}; make them agree "
+                "(or leave data.batch_size_per_worker null to derive it)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _gate_search_fits(self) -> Config:
+        grid = self.depth.gate_feature_grid
+        grids = sorted(set(self.gate.grid_sizes) | {self.model.gate.grid_size})
+        bad = [g for g in grids if grid % g]
+        if bad:
+            raise ValueError(
+                f"gate grid sizes {bad} (gate.grid_sizes / model.gate.grid_size) must divide "
+                f"depth.gate_feature_grid {grid}, the grid the features are stored at"
+            )
+        if self.gate.budget_unit == "layers":
+            low, high = min(self.model.gate.exits), max(self.model.gate.exits)
+            outside = [b for b in self.gate.compute_budgets if not low <= b <= high]
+            if outside:
+                raise ValueError(
+                    f"gate.compute_budgets {outside} (mean layers per image) must lie within the gate "
+                    f"exits' range {low}..{high} (model.gate.exits)"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _init_weights(self) -> Config:
+        if self.parent.init.mode == "backbone" and not self.model.backbone.weights:
+            raise ValueError(
+                "parent.init.mode 'backbone' needs model.backbone.weights (a local file of pretrained "
+                "weights); use parent.init.mode 'scratch' to start from random weights"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _datasets_known(self) -> Config:
+        names = [("data.train", self.data.train), ("data.val", self.data.val), ("depth.dataset", self.depth.dataset)]
+        names += [(f"evaluation.datasets[{i}]", ref) for i, ref in enumerate(self.evaluation.datasets)]
+        names = [(key, ref) for key, ref in names if isinstance(ref, str)]
+        if not names:
+            return self
+        from ecom2f.data.registry import registered_datasets  # imports torch: only when names are used
+
+        known = list(registered_datasets())
+        for key, name in names:
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+                hint = f"did you mean {' or '.join(map(repr, close))}?" if close else f"registered: {', '.join(known)}"
+                raise ValueError(
+                    f"{key}: no dataset named {name!r}; {hint} (or give a spec: {{format, image_root, json, png_root}})"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _precision_for_device(self) -> Config:
+        if self.solver.precision == "fp16" and not self.ray.use_gpu:
+            raise ValueError("solver.precision 'fp16' needs GPUs (ray.use_gpu true); use 'fp32' or 'bf16' on CPU")
+        return self
+
+
+# ----------------------------------------------------------------------------- loading and saving
+
+
+def config_from_dict(tree: dict, source: str = "a dict") -> Config:
+    """Validate a nested mapping; raise :class:`ConfigError` listing every problem."""
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as error:
+        raise format_validation_error(error, Config, source) from None
+
+
+def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Config:
+    """Load a YAML file (with its ``_base_`` chain), apply ``key=value`` overrides, validate."""
+    overrides = list(overrides)
+    source = str(path) + (f" with overrides {overrides}" if overrides else "")
+    tree = apply_overrides(load_yaml_tree(path), overrides)
+    return config_from_dict(tree, source)
+
+
+def config_to_yaml(config: Config, header: Sequence[str] = ()) -> str:
+    """The fully resolved configuration as YAML (every key, defaults included)."""
+    lines = "".join(f"# {line}\n" for line in header)
+    return dump_yaml(config.model_dump(mode="json", by_alias=True), lines)
+
+
+def save_config(config: Config, uri: str | os.PathLike, source: str | None = None) -> str:
+    """Write the resolved configuration to ``uri`` (local or s3://) atomically; return the URI."""
+    from ecom2f import storage
+
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    header = [f"Resolved ecom2f configuration, written {stamp}."]
+    if source:
+        header.append(f"Loaded from: {source}")
+    storage.write_text(uri, config_to_yaml(config, header))
+    return str(uri)
+
+
+def prepare_run(config: Config, source: str | None = None):
+    """Start-of-job storage work, before any Ray or GPU work: preflight the run's root,
+    create its layout, save the resolved configuration. Returns the :class:`RunLayout`.
+
+    Raises :class:`ecom2f.storage.StoragePreflightError` (missing bucket, bad or missing
+    credentials, denied access, unreachable endpoint) within seconds.
+    """
+    from ecom2f import storage
+
+    layout = config.storage.layout()
+    storage.preflight(layout.run_uri)
+    layout.create()
+    save_config(config, layout.config, source=source)
+    return layout
+
