@@ -18,6 +18,8 @@ COMMAND_MODULES = (
     "ecom2f.data.cli",
     "ecom2f.config_cli",
     "ecom2f.steps.cli",
+    "ecom2f.evaluation.cli",
+    "ecom2f.modeling.cli",
 )
 
 
@@ -38,13 +40,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that describe bad input (config, storage, data): shown as one message, no traceback."""
+    from ecom2f.config_errors import ConfigError
+    from ecom2f.data.problems import DataProblemError, TooManyBadSamplesError
+    from ecom2f.storage_errors import StorageError
+
+    return ConfigError, StorageError, DataProblemError, TooManyBadSamplesError
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except _user_errors() as error:
+        print(f"ecom2f {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

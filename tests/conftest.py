@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.infra.s3_server import s3_bucket, s3_server  # noqa: F401  (available to every test folder)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # ../shared beside the checkout (the developers' machines and CI); absent elsewhere.
 SHARED_DIR = Path(os.environ.get("ECOM2F_SHARED_DIR", REPO_ROOT.parent / "shared"))
@@ -25,3 +27,19 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     return SHARED_DIR
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server):
+    """One local Ray cluster for the whole test run (2 CPUs, loopback only, no dashboard).
+
+    It starts after the loopback S3 server, so its workers inherit that endpoint and its
+    credentials from the environment, as they would an instance role on a cloud cluster.
+    """
+    ray = pytest.importorskip("ray")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    yield ray
+    ray.shutdown()

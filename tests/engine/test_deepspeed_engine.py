@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 import torch
 from torch import nn
 
 deepspeed = pytest.importorskip("deepspeed")
 
-from ecom2f.engine.deepspeed_config import build_deepspeed_config, disable_cpu_shm_comm_build  # noqa: E402
+from ecom2f.engine.deepspeed_config import build_deepspeed_config  # noqa: E402
 from ecom2f.engine.lr_schedule import lr_multiplier  # noqa: E402
 from ecom2f.engine.param_groups import build_param_groups  # noqa: E402
+from tests import distributed  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def single_process_group():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    disable_cpu_shm_comm_build()
-    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
-    yield
-    torch.distributed.destroy_process_group()
+    with distributed.single_process_group():
+        yield
 
 
 class _Net(nn.Module):
