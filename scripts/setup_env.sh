@@ -2,7 +2,7 @@
 # Creates or reuses the project's Python environment, then installs ecom2f into it.
 #
 # The environment (about 5.5 GB with torch's CUDA libraries) lives outside the clone, in
-# ~/.cache/ecom2f/venvs/<hash of constraints.txt and pyproject.toml>, so fresh clones on
+# ~/.cache/ecom2f/venvs/<hash of constraints.txt and the dependency lists of pyproject.toml>, so fresh clones on
 # one machine (CI) reuse it; .venv in the clone is a link to it. The project itself is
 # reinstalled (editable, with its C++/CUDA op compiled) whenever its build inputs or the
 # clone change. Running this twice in a row does nothing the second time.
@@ -22,12 +22,17 @@ find_python() {
   return 1
 }
 
-key=$(cat constraints.txt pyproject.toml | sha256sum | cut -c1-16)
+# Keyed by what decides the environment's contents: the pins and the dependency lists.
+python_for_key=$(find_python)
+key=$({
+  cat constraints.txt
+  "$python_for_key" -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print(p["dependencies"], p["optional-dependencies"])'
+} | sha256sum | cut -c1-16)
 cache=${ECOM2F_VENV_CACHE:-$HOME/.cache/ecom2f/venvs}
 venv="$cache/$key"
 
 if [ ! -f "$venv/.complete" ]; then
-  python=$(find_python)
+  python=$python_for_key
   echo "== ecom2f: creating the environment $venv (once per dependency set; a few minutes)"
   rm -rf "$venv"
   mkdir -p "$cache"
@@ -55,7 +60,10 @@ stamp_value=$({
   echo "$key $(pwd)"
   cat pyproject.toml setup.py ecom2f/ops/csrc/*
 } | sha256sum | cut -c1-32)
-if [ "$(cat .setup-stamp 2>/dev/null)" != "$stamp_value" ] || ! ls ecom2f/_C*.so >/dev/null 2>&1; then
+# The environment is shared between clones: check that `ecom2f` resolves to this one.
+installed=$(cd / && "$OLDPWD/.venv/bin/python" -c 'import ecom2f, os; print(os.path.dirname(os.path.dirname(ecom2f.__file__)))' 2>/dev/null || true)
+if [ "$(cat .setup-stamp 2>/dev/null)" != "$stamp_value" ] || [ "$installed" != "$(pwd)" ] ||
+  ! ls ecom2f/_C*.so >/dev/null 2>&1; then
   echo "== ecom2f: installing the project and compiling its deformable-attention op"
   .venv/bin/python -m pip install --quiet --no-build-isolation --no-deps --editable .
   echo "$stamp_value" >.setup-stamp
