@@ -116,6 +116,15 @@ class Config(Section):
         return self
 
     @model_validator(mode="after")
+    def _init_consistent(self) -> Config:
+        if self.parent.init.mode == "scratch" and self.model.backbone.weights:
+            raise ValueError(
+                f"parent.init.mode is 'scratch' but model.backbone.weights is {self.model.backbone.weights!r}; "
+                "set parent.init.mode to 'backbone' to start from those weights, or clear model.backbone.weights"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _batch_divides(self) -> Config:
         workers, accumulation = self.ray.num_workers, self.solver.gradient_accumulation_steps
         per_step = workers * accumulation

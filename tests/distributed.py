@@ -1,33 +1,5 @@
-"""A one-process gloo group, as DeepSpeed needs one even for a single worker."""
+"""Tests use the package's one-process group (kept here so test modules import it by one name)."""
 
-from __future__ import annotations
+from ecom2f.engine.distributed import single_process_group
 
-import contextlib
-import os
-import socket
-
-import torch
-
-
-@contextlib.contextmanager
-def single_process_group():
-    import deepspeed
-
-    from ecom2f.engine.deepspeed_config import disable_cpu_shm_comm_build
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    saved = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    disable_cpu_shm_comm_build()
-    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
-    try:
-        yield
-    finally:
-        torch.distributed.destroy_process_group()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+__all__ = ["single_process_group"]

@@ -28,6 +28,7 @@ from ecom2f.engine.sampler import ResumableShardedSampler
 from ecom2f.modeling import EarlyExitMask2Former, build_model
 from ecom2f.modeling.criterion import SetCriterion
 from ecom2f.modeling.matcher import HungarianMatcher
+from ecom2f.steps.parent_init import initialize_parent
 from ecom2f.steps.session import TrainingSession
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,9 @@ def train_parent(config: Config, session: TrainingSession, dataset, *, build=bui
     precision = resolve_precision(config.solver.precision, device)
     torch.manual_seed(config.seed + session.rank)
 
-    model = build(config.model).to(device)
+    model = build(config.model)
+    initialize_parent(model, config)
+    model = model.to(device)
     objective = ParentObjective(model, build_criterion(config)).to(device)
     groups = build_param_groups(
         model, base_lr=config.solver.base_lr, weight_decay=config.solver.weight_decay,

@@ -11,6 +11,7 @@ from ecom2f import storage
 from ecom2f.config import Config, config_from_dict, save_config
 from ecom2f.steps.datasets import ensure_synthetic_data, training_dataset
 from ecom2f.steps.parent import WEIGHTS_FILE
+from ecom2f.steps.parent_init import check_parent_init
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ def prepare_parent_run(config: Config) -> int:
     """
     layout = config.storage.layout()
     storage.preflight(layout.run_uri)
+    check_parent_init(config)
     layout.create()
     save_config(config, layout.config)
     ensure_synthetic_data(config)
