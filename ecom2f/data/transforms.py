@@ -127,10 +127,16 @@ def cityscapes_train(crop_size: tuple[int, int] = (512, 1024), base_short_side: 
 def inference_resize(short_side: int = 800, max_size: int = 1333) -> SampleTransform:
     """Test time: resize the image's short side (long side at most max_size); GT untouched.
 
+    detectron2's ResizeShortestEdge. torchvision's Resize refuses ``max_size <= short_side``;
+    there the long-side limit always binds, so the long side goes to ``max_size``.
     Padding to a multiple of 32 happens in the collate; ``image_size`` records the
     resized size so predictions can be cropped and scaled back.
     """
-    return SampleTransform(T.Resize(short_side, max_size=max_size, antialias=True), geometric_targets=False)
+    if max_size > short_side:
+        resize = T.Resize(short_side, max_size=max_size, antialias=True)
+    else:
+        resize = T.Resize(None, max_size=max_size, antialias=True)
+    return SampleTransform(resize, geometric_targets=False)
 
 
 RECIPES = {

@@ -183,3 +183,11 @@ def test_overlapping_instance_masks_move_as_masks():
     assert (out["masks"][0] & out["masks"][1]).sum() > 0.5 * overlap.sum()  # the hidden part of the disc survives
     for k in range(2):
         assert (out["masks"][k] | ~(out["id_map"] == k + 1)).all()  # each mask covers its visible pixels
+
+
+def test_test_time_resize_when_the_long_side_limit_binds():
+    # detectron2: short side 128 would make the long side 256 > 128, so the long side wins.
+    out = inference_resize(128, 128)(_drawn_sample(100, 200))
+    assert out["image"].shape == (3, 64, 128) and out["image_size"] == (64, 128)
+    square = inference_resize(128, 128)(_drawn_sample(160, 160))
+    assert square["image"].shape == (3, 128, 128)
