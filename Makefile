@@ -15,11 +15,18 @@ test: setup
 test-gpu: setup
 	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
 
+# The three ECO-M2F steps, evaluation and report on synthetic data, a local Ray cluster and
+# local storage (./runs/demo); a rerun resumes or skips what is complete.
 demo: setup
-	$(PY) -m ecom2f.ops.bench
+	RAY_AUTH_MODE=disabled $(PY) -m ray_jobs.pipeline --config configs/demo_cpu.yaml --storage ./runs --run demo
 
 bench: setup
 	$(PY) -m ecom2f.ops.bench
+	$(PY) -m ecom2f.data.bench
+	$(PY) -m ecom2f.modeling.bench
+	$(PY) -m ecom2f.steps.depth_bench --threads 1
+	$(PY) -m ecom2f.steps.gate_bench
+	$(PY) -m ecom2f.steps.parent_bench --config configs/demo_cpu.yaml
 
 # Re-pin the exact versions after changing the ranges in pyproject.toml.
 constraints: setup

@@ -18,6 +18,10 @@ COMMAND_MODULES = (
     "ecom2f.data.cli",
     "ecom2f.config_cli",
     "ecom2f.steps.cli",
+    "ecom2f.steps.depth_cli",
+    "ecom2f.steps.gate_cli",
+    "ecom2f.steps.pipeline_cli",
+    "ecom2f.submit_cli",
     "ecom2f.evaluation.cli",
     "ecom2f.modeling.cli",
 )

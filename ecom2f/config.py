@@ -46,6 +46,7 @@ __all__ = [
     "load_config",
     "prepare_run",
     "save_config",
+    "with_absolute_local_paths",
 ]
 
 
@@ -208,6 +209,42 @@ def config_from_dict(tree: dict, source: str = "a dict") -> Config:
         return Config.model_validate(tree)
     except ValidationError as error:
         raise format_validation_error(error, Config, source) from None
+
+
+def with_absolute_local_paths(config: Config) -> Config:
+    """The config with its relative local paths made absolute (against the current folder).
+
+    Ray workers and actors run in folders of their own, where ``./datasets`` is not the
+    driver's; jobs call this before shipping a config to them. ``s3://`` URIs stay as they are.
+    """
+    from ecom2f.data import data_root
+
+    def absolute(path: str | None) -> str | None:
+        if path is None or path.startswith("s3://") or os.path.isabs(path):
+            return path
+        return os.path.abspath(path)
+
+    init = config.parent.init
+    backbone = config.model.backbone
+    return config.model_copy(
+        update={
+            "data": config.data.model_copy(update={"root": absolute(config.data.root or data_root())}),
+            "storage": config.storage.model_copy(update={"root": absolute(config.storage.root)}),
+            "model": config.model.model_copy(
+                update={"backbone": backbone.model_copy(update={"weights": absolute(backbone.weights)})}
+            ),
+            "parent": config.parent.model_copy(
+                update={
+                    "init": init.model_copy(
+                        update={
+                            "mask2former_checkpoint": absolute(init.mask2former_checkpoint),
+                            "mask2former_config": absolute(init.mask2former_config),
+                        }
+                    )
+                }
+            ),
+        }
+    )
 
 
 def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Config:

@@ -8,7 +8,7 @@ import tempfile
 from dataclasses import dataclass
 
 from ecom2f import storage
-from ecom2f.config import Config, config_from_dict, save_config
+from ecom2f.config import Config, config_from_dict, save_config, with_absolute_local_paths
 from ecom2f.steps.datasets import ensure_synthetic_data, training_dataset
 from ecom2f.steps.parent import WEIGHTS_FILE
 from ecom2f.steps.parent_init import check_parent_init
@@ -94,6 +94,7 @@ def launch_parent_training(config: Config, fail_once: dict | None = None) -> Par
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    config = with_absolute_local_paths(config)  # workers run in folders of their own
     layout = config.storage.layout()
     weights_uri = storage.join(layout.parent, WEIGHTS_FILE)
     prepare_parent_run(config)

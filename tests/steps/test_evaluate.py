@@ -1,0 +1,210 @@
+"""End-to-end evaluation: Ray Data on S3 against a direct per-image computation, crafted gates,
+the table-only estimate, the oracle, and bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ecom2f import storage
+from ecom2f.data import collate_samples
+from ecom2f.evaluation import PQStat, pq_single
+from ecom2f.modeling import build_model
+from ecom2f.modeling.config import GateConfig
+from ecom2f.modeling.flops import encoder_gflops
+from ecom2f.modeling.gate import Gate
+from ecom2f.steps.evaluate import chosen_gate_dirs, evaluate, load_per_image, load_summary, table_estimate
+from ecom2f.steps.evaluate_images import validation_dataset
+from ecom2f.steps.parent import build_criterion, normalize_batch
+from tests.steps.conftest import tiny_config
+
+# object_mask_threshold 0: a briefly trained tiny model keeps its low-confidence segments,
+# so PQ counts true positives as well as false ones.
+EVAL_OVERRIDES = ("model.test.object_mask_threshold=0.0", "evaluation.depths=[1,3,6]", "evaluation.num_actors=1",
+                  "evaluation.batch_size=2", "evaluation.tasks=[panoptic,semantic]")
+GATE_EXITS = [2, 3, 4, 5, 6]
+
+
+@pytest.fixture(scope="module")
+def trained_state(tiny_data_root):
+    """A tiny parent overfitted for a few steps on the 4 validation images: PQ well above 0."""
+    config = tiny_config(tiny_data_root, tiny_data_root / "unused", *EVAL_OVERRIDES)
+    dataset = validation_dataset(config)
+    batch = collate_samples([dataset[i] for i in range(len(dataset))])
+    torch.manual_seed(0)
+    model = build_model(config.model)
+    criterion = build_criterion(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    for step in range(20):
+        pixels = normalize_batch(batch["images"], batch["padding_mask"], model)
+        depths = [1 + (step + i) % 6 for i in range(pixels.shape[0])]  # every exit sees training
+        loss = criterion(model.forward_raw(pixels, depth=depths), batch["targets"])["total"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _save_state(state: dict, uri: str) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    storage.write_bytes(uri, buffer.getvalue())
+
+
+def _save_gate(folder: str, gate: Gate, channels: int, validation: dict) -> None:
+    """Step 3's layout (ecom2f.steps.gate_store): gate.pt, then gate.json with channels, gate_config, validation."""
+    _save_state(gate.state_dict(), storage.join(folder, "gate.pt"))
+    storage.write_text(storage.join(folder, "gate.json"),
+                       json.dumps({"channels": channels, "gate_config": gate.config.model_dump(mode="json"),
+                                   "validation": validation}))
+
+
+def _direct_reference(model, dataset, depth_of_image):
+    """Independent of the job: one image at a time, its own ground-truth mapping, pq_single."""
+    metadata = dataset.metadata
+    categories = {i: {"isthing": int(c.isthing)} for i, c in enumerate(metadata.categories)}
+    contiguous = {c.id: i for i, c in enumerate(metadata.categories)}
+    total, per_image = PQStat(), []
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        depth = depth_of_image(index, sample)
+        (result,) = model.predict([sample["image"]], depth=depth, tasks=["panoptic"],
+                                  output_sizes=[tuple(sample["id_map"].shape)])
+        ids, segments = result["panoptic_seg"]
+        gt = [{"id": s["id"], "category_id": contiguous[s["category_id"]], "iscrowd": s.get("iscrowd", 0)}
+              for s in sample["segments_info"]]
+        stat = pq_single(ids.numpy(), segments, sample["id_map"].numpy(), gt, categories)
+        total = total + stat
+        pq = stat.summary(categories)["All"]["pq"]
+        per_image.append({"depth": int(result["depth"]), "pq": 1.0 if math.isnan(pq) else pq, "stat": stat})
+    return total.summary(categories), per_image
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_evaluation_on_ray_and_s3_matches_a_direct_computation(ray_cluster, s3_bucket, tiny_data_root,
+                                                               trained_state):
+    config = tiny_config(tiny_data_root, f"{s3_bucket}/runs", "storage.run=eval", *EVAL_OVERRIDES)
+    layout = config.storage.layout()
+    _save_state(trained_state, storage.join(layout.parent, "model_final.pth"))
+    model = build_model(config.model)
+    model.load_state_dict(trained_state)
+    model.eval()
+    dataset = validation_dataset(config)
+    channels = config.model.pixel_decoder.conv_dim
+
+    # A planted-rule gate (one pooled feature, thresholded at its median over these images, sends
+    # an image to exit 2 or 6: per-image depths differ) and one whose bias forces exit 3.
+    feature_gate = Gate(channels, GateConfig(exits=GATE_EXITS, pooling="grid", grid_size=2)).eval()
+    features = torch.cat([feature_gate.pool(_coarsest(model, _pixels(model, dataset[i])))
+                          for i in range(len(dataset))])
+    column = int(features.var(0).argmax())
+    slope = 100.0 * torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0]) / features[:, column].std()
+    with torch.no_grad():
+        feature_gate.head.weight.zero_()
+        feature_gate.head.weight[:, column] = slope
+        feature_gate.head.bias.copy_(-slope * features[:, column].median())
+    always_3 = Gate(channels, GateConfig(exits=GATE_EXITS)).eval()
+    with torch.no_grad():
+        always_3.head.weight.zero_()
+        always_3.head.bias.copy_(torch.tensor([0.0, 5.0, 0.0, 0.0, 0.0]))
+
+    # The gate's own per-image choice, one image at a time, and the table-only estimate that
+    # step 3 would compute from a depth table of these images: mean per-image PQ at those exits.
+    def gate_depth(sample, gate=feature_gate):
+        with torch.no_grad():
+            return int(gate.depths(gate(gate.pool(_coarsest(model, _pixels(model, sample)))))[0])
+
+    chosen = [gate_depth(dataset[i]) for i in range(len(dataset))]
+    gate_summary, gate_images = _direct_reference(model, dataset, lambda i, s: chosen[i])
+    estimate = {"pq": float(np.mean([r["pq"] for r in gate_images])), "mean_layers": float(np.mean(chosen))}
+    _save_gate(storage.join(layout.gates, "layers_4.0"), feature_gate, channels, estimate)
+    _save_gate(storage.join(layout.gates, "always_3"), always_3, channels, {"val_pq": 0.5, "val_layers": 3.0})
+    storage.write_bytes(storage.join(layout.gates, "incomplete", "gate.json"), b"{}")  # no gate.pt: not a gate
+    assert list(chosen_gate_dirs(config)) == ["always_3", "layers_4.0"]
+
+    assert evaluate(config) == layout.eval
+    summary = load_summary(config).set_index("variant")
+    rows = load_per_image(config)
+    assert len(rows) == len(dataset) * (3 + 2)
+    assert json.loads(storage.read_text(storage.join(layout.eval, "_SUCCESS.json")))["images"] == len(dataset)
+
+    # Fixed depths: dataset PQ (all, things, stuff) equal to the direct computation.
+    references = {}
+    for depth in (1, 3, 6):
+        reference, images = _direct_reference(model, dataset, lambda i, s, d=depth: d)
+        references[depth] = images
+        for group, column in (("All", "pq"), ("Things", "pq_things"), ("Stuff", "pq_stuff")):
+            assert summary.loc[f"depth_{depth}", column] == pytest.approx(reference[group]["pq"], abs=1e-9)
+        assert summary.loc[f"depth_{depth}", "mean_encoder_gflops"] == pytest.approx(
+            encoder_gflops(config.model, 64, 64, depth))
+    assert summary.loc["depth_6", "pq"] > 0.05, "the trained tiny model should find some segments"
+    assert 0 <= summary.loc["depth_1", "miou"] <= 1
+
+    # The planted-rule gate: real per-image depths (batched) equal the gate's own choice image by image,
+    # its PQ the direct one, and its table-only estimate agrees within 1e-9 (same images, same rule).
+    gate_rows = rows[rows["variant"] == "layers_4.0"].sort_values("image_id")
+    ids = [str(dataset[i]["image_id"]) for i in range(len(dataset))]
+    assert gate_rows.set_index("image_id").loc[ids, "depth"].tolist() == chosen
+    assert len(set(chosen)) > 1, "the crafted gate should pick different depths for different images"
+    assert summary.loc["layers_4.0", "pq"] == pytest.approx(gate_summary["All"]["pq"], abs=1e-9)
+    assert summary.loc["layers_4.0", "mean_layers"] == pytest.approx(estimate["mean_layers"])
+    assert summary.loc["layers_4.0", "estimate_pq"] == pytest.approx(estimate["pq"])
+    assert abs(summary.loc["layers_4.0", "mean_image_pq_minus_estimate"]) < 1e-9
+    # The forced gate is fixed depth 3 by another road.
+    assert (rows[rows["variant"] == "always_3"]["depth"] == 3).all()
+    assert summary.loc["always_3", "pq"] == pytest.approx(summary.loc["depth_3", "pq"], abs=1e-12)
+    assert summary.loc["always_3", "pq_minus_estimate"] == pytest.approx(summary.loc["depth_3", "pq"] - 0.5)
+
+    # Oracle: per image the best of depths 1, 3, 6 (ties -> fewer layers), PQ sums merged.
+    best = [min((1, 3, 6), key=lambda d: (-references[d][i]["pq"], d)) for i in range(len(dataset))]
+    oracle_stat = sum((references[d][i]["stat"] for i, d in enumerate(best)), PQStat())
+    categories = {i: {"isthing": int(c.isthing)} for i, c in enumerate(dataset.metadata.categories)}
+    assert summary.loc["oracle", "pq"] == pytest.approx(oracle_stat.summary(categories)["All"]["pq"], abs=1e-9)
+    assert summary.loc["oracle", "mean_layers"] == pytest.approx(np.mean(best))
+    for depth in (1, 3, 6):
+        assert summary.loc["oracle", "mean_image_pq"] >= summary.loc[f"depth_{depth}", "mean_image_pq"] - 1e-12
+
+    # Complete: a second call does not run again (a deleted output stays deleted).
+    storage.delete(storage.join(layout.eval, "per_image.parquet"))
+    evaluate(config)
+    assert not storage.exists(storage.join(layout.eval, "per_image.parquet"))
+
+
+def _pixels(model, sample):
+    size = sample["image"].shape[-2:]
+    return normalize_batch(sample["image"][None], torch.zeros((1, *size), dtype=torch.bool), model)
+
+
+def _coarsest(model, pixels):
+    """The gate's input map ``[N, C, h, w]`` (the coarsest projected level), as forward_all_exits exposes it."""
+    with torch.no_grad():
+        return model.forward_all_exits(pixels, exits=[1])["coarsest"]
+
+
+def test_bad_input_fails_early_with_a_clear_message(tiny_data_root, tmp_path):
+    config = tiny_config(tiny_data_root, tmp_path / "runs", "evaluation.depths=[1,3]")
+    with pytest.raises(FileNotFoundError, match="model_final.pth.*run step 1"):
+        evaluate(config)
+    from ecom2f.steps.evaluate import fixed_depths
+
+    with pytest.raises(ValueError, match=r"evaluation.depths \[2, 9\]"):
+        fixed_depths(tiny_config(tiny_data_root, tmp_path / "runs", "evaluation.depths=[2,9]"))
+    assert fixed_depths(tiny_config(tiny_data_root, tmp_path / "runs")) == [1, 2, 3, 4, 5, 6]
+
+
+def test_table_estimate_reads_the_gate_metadata():
+    assert table_estimate({"validation": {"pq": 0.41, "mean_layers": 3.5, "mean_gflops": 1.2, "utility": 0.3}}) == {
+        "pq": 0.41, "mean_layers": 3.5, "mean_gflops": 1.2, "utility": 0.3}
+    assert table_estimate({"metrics": {"val_pq": 0.2, "val_mean_layers": 4}}) == {"pq": 0.2, "mean_layers": 4.0}
+    # What step 3's train_gate reports (ecom2f.steps.gate_search), under "validation" in gate.json.
+    assert table_estimate({"validation": {"val_pq": 0.5, "val_layers": 3.2, "val_gflops": 0.4, "val_utility": 0.45,
+                                          "oracle_pq": 0.6}}) == {"pq": 0.5, "mean_layers": 3.2, "mean_gflops": 0.4,
+                                                                   "utility": 0.45}
+    assert table_estimate({"pq": 0.3}) == {"pq": 0.3}
+    assert table_estimate({"gate": {}}) == {}
