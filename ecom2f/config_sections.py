@@ -274,9 +274,10 @@ class GateSearchConfig(Section):
     hidden_layers: list[int] = Field(default_factory=lambda: [0, 1, 2])
     widths: list[int] = Field(default_factory=lambda: [64, 128, 256])
     dropouts: list[float] = Field(default_factory=lambda: [0.0, 0.1])
-    losses: list[Literal["cross_entropy", "soft_cross_entropy", "regression"]] = Field(
+    losses: list[Literal["cross_entropy", "soft_cross_entropy", "expected_utility", "regression"]] = Field(
         default_factory=lambda: ["cross_entropy", "soft_cross_entropy"]
     )
+    temperature: float = Field(0.02, gt=0.0)  # of the soft targets softmax(utility / temperature)
     # beta trades quality for depth in argmax_k(q_k - beta * k); ECO-M2F's released gate
     # configs use 0.02 (COCO) and 0.003 / 0.01 (Cityscapes).
     betas: list[float] = Field(default_factory=lambda: [0.0, 0.003, 0.01, 0.02, 0.05])

@@ -1,0 +1,89 @@
+"""Step 3 as a Ray job: Ray Tune on a local Ray cluster, the depth table and gates on moto S3."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ecom2f import storage
+from ecom2f.steps import gate_cli
+from ecom2f.steps.gate_data import split_images
+from ecom2f.steps.gate_search import realised_metrics
+from ecom2f.steps.gate_store import load_gate
+from ecom2f.steps.gate_tune import tune_gates
+from tests.steps.conftest import tiny_config
+from tests.steps.test_gate_search import planted_table, write_depth_table
+
+# "saturate": PQ 0.8 from the planted best exit on, 0.1 less per missing layer. beta 0 -> the
+# oracle's mean depth is ~4 layers; beta 0.2 (> 0.1 gained per layer) -> always 2 layers.
+SEARCH = [
+    "gate.num_samples=2", "gate.betas=[0.0,0.2]", "gate.epochs=6", "gate.batch_size=64",
+    "gate.asha.grace_period=2", "gate.poolings=[mean,mean_max]", "gate.hidden_layers=[1]", "gate.widths=[32]",
+    "gate.losses=[cross_entropy,soft_cross_entropy]", "gate.lr=[0.003,0.01]", "gate.compute_budgets=[3.0,5.0]",
+]
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_tune_on_s3_writes_gates_per_budget_that_load_back(ray_cluster, s3_bucket, tmp_path):
+    config = tiny_config(tmp_path / "data", f"{s3_bucket}/runs", *SEARCH)
+    layout = config.storage.layout()
+    table = planted_table(1200, channels=config.model.pixel_decoder.conv_dim, shape="saturate")
+    write_depth_table(table, layout.depth)
+
+    gates_uri = tune_gates(config)
+    assert gates_uri == layout.gates
+    summary = json.loads(storage.read_text(storage.join(gates_uri, "_SUCCESS.json")))
+    assert summary["trials"] == 4 and summary["failed_trials"] == 0 and summary["unmet_budgets"] == []
+    assert sorted(summary["gates"]) == ["layers_3", "layers_5"]
+
+    results = pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(gates_uri, "results.parquet"))))
+    assert len(results) == 4 and sorted(results["beta"].unique()) == [0.0, 0.2]
+    assert results["epochs_run"].between(2, 6).all() and results["error"].isna().all()
+    _, val_rows = split_images(table.image_ids, config.gate.holdout_fraction, config.seed)
+    picks = pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(gates_uri, "picks.parquet"))))
+    for name, budget in (("layers_3", 3.0), ("layers_5", 5.0)):
+        gate, meta = load_gate(storage.join(gates_uri, name))
+        assert meta["budget"] == budget and meta["budget_unit"] == "layers"
+        validation = meta["validation"]
+        assert validation["val_layers"] <= budget
+        fitting = results[results["val_layers"] <= budget]
+        assert validation["val_pq"] == pytest.approx(fitting["val_pq"].max())
+        assert meta["trial_id"] in set(fitting.loc[fitting["val_pq"] == fitting["val_pq"].max(), "trial_id"])
+        assert gate.config.pooling == meta["trial"]["pooling"] and gate.config.exits == [2, 3, 4, 5, 6]
+        # The saved gate, applied to the raw cached features, realises what gate.json says.
+        mine = picks[(picks["gate"] == name) & (picks["split"] == "val")].set_index("image_id")
+        chosen = np.searchsorted(table.exits, mine.loc[table.image_ids[val_rows], "exit"].to_numpy())
+        realised = realised_metrics(table, val_rows, chosen, meta["beta"])
+        assert realised["pq"] == pytest.approx(validation["val_pq"], abs=1e-6)
+        assert meta["reference"]["oracle"]["pq"] == pytest.approx(validation["oracle_pq"])
+    # The budgets pull toward different trade-offs: the tight one takes a cheap beta-0.2 gate,
+    # the loose one a deep beta-0 gate close to that beta's oracle, far above 2 layers everywhere.
+    tight, loose = (load_gate(storage.join(gates_uri, n))[1] for n in ("layers_3", "layers_5"))
+    assert tight["beta"] == 0.2 and tight["validation"]["val_layers"] < 2.5
+    assert loose["beta"] == 0.0 and loose["validation"]["val_pq"] > loose["reference"]["fixed_2"]["pq"] + 0.1
+    assert loose["validation"]["val_pq"] > loose["validation"]["oracle_pq"] - 0.05
+    reference = pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(gates_uri, "reference.parquet"))))
+    assert set(reference["policy"]) == {"oracle", "fixed_2", "fixed_3", "fixed_4", "fixed_5", "fixed_6"}
+    assert storage.list_uris(storage.join(gates_uri, "tune"))  # Tune's own files went to the bucket too
+
+    # A rerun finds _SUCCESS.json and returns without searching again.
+    start = time.perf_counter()
+    assert tune_gates(config) == gates_uri
+    assert time.perf_counter() - start < 5
+
+
+def test_cli_fails_early_without_a_depth_table(tmp_path):
+    parser = argparse.ArgumentParser()
+    gate_cli.add_commands(parser.add_subparsers())
+    demo = str(tiny_config.__globals__["REPO_ROOT"] / "configs" / "demo_cpu.yaml")
+    args = parser.parse_args(["tune-gate", "--config", demo, "--storage", str(tmp_path), f"data.root={tmp_path}"])
+    with pytest.raises(FileNotFoundError, match="run step 2 first"):
+        args.func(args)
+    assert not storage.exists(storage.join(str(tmp_path), "demo_cpu", "gates", "_SUCCESS.json"))
