@@ -88,6 +88,7 @@ def gate_trainable(trial_config: dict, table: GateTable, train_rows: np.ndarray,
 def _run_search(config: Config, table: GateTable, train_rows, val_rows):
     import ray
     from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
     from ray.tune.schedulers import ASHAScheduler
 
     if not ray.is_initialized():
@@ -110,8 +111,11 @@ def _run_search(config: Config, table: GateTable, train_rows, val_rows):
         tuner = tune.Tuner(
             trainable,
             param_space=search_space(config),
-            tune_config=tune.TuneConfig(metric=OBJECTIVE, mode=OBJECTIVE_MODE, scheduler=scheduler,
-                                        num_samples=config.gate.num_samples),
+            tune_config=tune.TuneConfig(
+                metric=OBJECTIVE, mode=OBJECTIVE_MODE, scheduler=scheduler, num_samples=config.gate.num_samples,
+                # Seeded, so the same config samples the same designs (reproducible searches and tests).
+                search_alg=BasicVariantGenerator(random_state=config.seed),
+            ),
             run_config=tune.RunConfig(
                 name=TUNE_RUN_NAME, storage_path=storage_path, storage_filesystem=filesystem,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

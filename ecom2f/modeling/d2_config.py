@@ -1,0 +1,170 @@
+"""detectron2/Mask2Former YAML config -> :class:`ModelConfig`, by plain YAML parsing.
+
+Reads a ``cfg.dump()`` or a config file with ``_BASE_`` chains (resolved relative to the
+file). Only Mask2Former's MSDeformAttn pixel decoder + masked-attention decoder, with
+FrozenBN ResNets or Swin backbones, can be represented; anything else is an error that
+names the offending key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from ecom2f.modeling.config import ModelConfig
+
+__all__ = ["load_d2_yaml", "model_config_from_d2"]
+
+_SWIN_NAMES = {(96, (2, 2, 6, 2)): "swin_t", (96, (2, 2, 18, 2)): "swin_s", (128, (2, 2, 18, 2)): "swin_b"}
+# Thing-class counts of the panoptic datasets Mask2Former ships configs for, keyed by class count.
+_THINGS_BY_CLASSES = {133: 80}
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_d2_yaml(path: str | Path) -> dict:
+    """The config tree of ``path`` with its ``_BASE_`` files merged underneath."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"detectron2 config {str(path)!r} does not exist")
+    with path.open() as handle:
+        tree = yaml.safe_load(handle) or {}
+    base = tree.pop("_BASE_", None)
+    if base:
+        tree = _merge(load_d2_yaml(path.parent / base), tree)
+    return tree
+
+
+def _get(tree: dict, dotted: str, default=None):
+    node = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _require(tree: dict, dotted: str, allowed, default=None):
+    value = _get(tree, dotted, default)
+    if value not in allowed:
+        raise ValueError(f"{dotted} = {value!r} is not supported; ecom2f implements {allowed}")
+    return value
+
+
+def model_config_from_d2(tree: dict | str | Path, num_things: int | None = None) -> ModelConfig:
+    """Translate a detectron2 config (tree or YAML path) into a :class:`ModelConfig`.
+
+    ``num_things``: classes ``0..num_things-1`` are things; default 80 for COCO's 133 classes.
+    """
+    if not isinstance(tree, dict):
+        tree = load_d2_yaml(tree)
+    model = tree.get("MODEL", {})
+    m = {"MODEL": model, "INPUT": tree.get("INPUT", {}), "TEST": tree.get("TEST", {})}
+    _require(m, "MODEL.META_ARCHITECTURE", ["MaskFormer"], "MaskFormer")
+    _require(m, "MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME", ["MSDeformAttnPixelDecoder"], "MSDeformAttnPixelDecoder")
+    _require(m, "MODEL.SEM_SEG_HEAD.NORM", ["GN"], "GN")
+    _require(
+        m,
+        "MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME",
+        ["MultiScaleMaskedTransformerDecoder"],
+        "MultiScaleMaskedTransformerDecoder",
+    )
+    _require(m, "INPUT.FORMAT", ["RGB"], "RGB")
+
+    backbone_name = _get(m, "MODEL.BACKBONE.NAME", "build_resnet_backbone")
+    backbone: dict = {"freeze_at": int(_get(m, "MODEL.BACKBONE.FREEZE_AT", 0))}
+    if backbone_name == "build_resnet_backbone":
+        depth = _require(m, "MODEL.RESNETS.DEPTH", [18, 50, 101], 50)
+        _require(m, "MODEL.RESNETS.NORM", ["FrozenBN"], "FrozenBN")
+        _require(m, "MODEL.RESNETS.NUM_GROUPS", [1], 1)
+        _require(m, "MODEL.RESNETS.WIDTH_PER_GROUP", [64], 64)
+        _require(m, "MODEL.RESNETS.STEM_OUT_CHANNELS", [64], 64)
+        _require(m, "MODEL.RESNETS.RES2_OUT_CHANNELS", [64 if depth == 18 else 256], 64 if depth == 18 else 256)
+        _require(m, "MODEL.RESNETS.RES5_DILATION", [1], 1)
+        _require(m, "MODEL.RESNETS.STEM_TYPE", ["basic"], "basic")
+        deform = _get(m, "MODEL.RESNETS.DEFORM_ON_PER_STAGE", [False] * 4)
+        if any(deform):
+            raise ValueError(f"MODEL.RESNETS.DEFORM_ON_PER_STAGE = {deform}: deformable convs are not supported")
+        backbone.update(name=f"resnet{depth}", stride_in_1x1=bool(_get(m, "MODEL.RESNETS.STRIDE_IN_1X1", True)))
+    elif backbone_name == "D2SwinTransformer":
+        key = (int(_get(m, "MODEL.SWIN.EMBED_DIM", 96)), tuple(_get(m, "MODEL.SWIN.DEPTHS", [2, 2, 6, 2])))
+        if key not in _SWIN_NAMES:
+            raise ValueError(f"MODEL.SWIN EMBED_DIM/DEPTHS {key} match none of Swin-T/S/B")
+        _require(m, "MODEL.SWIN.PATCH_SIZE", [4], 4)
+        _require(m, "MODEL.SWIN.APE", [False], False)
+        backbone.update(
+            name=_SWIN_NAMES[key],
+            swin_window_size=int(_get(m, "MODEL.SWIN.WINDOW_SIZE", 7)),
+            drop_path_rate=float(_get(m, "MODEL.SWIN.DROP_PATH_RATE", 0.0)),
+        )
+    else:
+        raise ValueError(f"MODEL.BACKBONE.NAME = {backbone_name!r}; expected build_resnet_backbone or D2SwinTransformer")
+
+    head = model.get("SEM_SEG_HEAD", {})
+    former = model.get("MASK_FORMER", {})
+    test = former.get("TEST", {})
+    num_classes = int(head.get("NUM_CLASSES", 133))
+    if num_things is None:
+        if num_classes not in _THINGS_BY_CLASSES:
+            raise ValueError(f"{num_classes} classes: pass num_things (how many leading classes are things)")
+        num_things = _THINGS_BY_CLASSES[num_classes]
+    heads = int(former.get("NHEADS", 8))
+    config = {
+        "backbone": backbone,
+        "pixel_decoder": {
+            "conv_dim": int(head.get("CONVS_DIM", 256)),
+            "mask_dim": int(head.get("MASK_DIM", 256)),
+            "encoder_layers": int(head.get("TRANSFORMER_ENC_LAYERS", 6)),
+            # Mask2Former passes MASK_FORMER.NHEADS to the encoder; its own N_HEADS/N_POINTS keys are unused.
+            "heads": heads,
+            "points": 4,
+            "ffn_dim": 1024,
+            "num_groups": 32,
+            "in_features": list(head.get("DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES", ["res3", "res4", "res5"])),
+            "common_stride": int(head.get("COMMON_STRIDE", 4)),
+        },
+        "decoder": {
+            "hidden_dim": int(former.get("HIDDEN_DIM", 256)),
+            "num_queries": int(former.get("NUM_OBJECT_QUERIES", 100)),
+            "layers": int(former.get("DEC_LAYERS", 10)) - 1,
+            "heads": heads,
+            "ffn_dim": int(former.get("DIM_FEEDFORWARD", 2048)),
+            "pre_norm": bool(former.get("PRE_NORM", False)),
+            "enforce_input_proj": bool(former.get("ENFORCE_INPUT_PROJ", False)),
+        },
+        "num_classes": num_classes,
+        "num_things": num_things,
+        "pixel_mean": [float(v) for v in model.get("PIXEL_MEAN", [123.675, 116.28, 103.53])],
+        "pixel_std": [float(v) for v in model.get("PIXEL_STD", [58.395, 57.12, 57.375])],
+        "size_divisibility": int(former.get("SIZE_DIVISIBILITY", 32)),
+        "test": {
+            "object_mask_threshold": float(test.get("OBJECT_MASK_THRESHOLD", 0.8)),
+            "overlap_threshold": float(test.get("OVERLAP_THRESHOLD", 0.8)),
+            "detections_per_image": int(_get(m, "TEST.DETECTIONS_PER_IMAGE", 100)),
+            "semantic_on": bool(test.get("SEMANTIC_ON", True)),
+            "instance_on": bool(test.get("INSTANCE_ON", False)),
+            "panoptic_on": bool(test.get("PANOPTIC_ON", False)),
+        },
+    }
+    config["criterion"] = {
+        "class_weight": float(former.get("CLASS_WEIGHT", 2.0)),
+        "mask_weight": float(former.get("MASK_WEIGHT", 5.0)),
+        "dice_weight": float(former.get("DICE_WEIGHT", 5.0)),
+        "no_object_weight": float(former.get("NO_OBJECT_WEIGHT", 0.1)),
+        "num_points": int(former.get("TRAIN_NUM_POINTS", 12544)),
+        "oversample_ratio": float(former.get("OVERSAMPLE_RATIO", 3.0)),
+        "importance_sample_ratio": float(former.get("IMPORTANCE_SAMPLE_RATIO", 0.75)),
+        "deep_supervision": bool(former.get("DEEP_SUPERVISION", True)),
+    }
+    layers = config["pixel_decoder"]["encoder_layers"]
+    config["gate"] = {"exits": [k for k in [2, 3, 4, 5, 6] if k <= layers] or [layers]}
+    return ModelConfig.model_validate(config)

@@ -1,0 +1,66 @@
+"""torchvision ResNet-18/50/101 with frozen batch norm, returning ``res2..res5``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models import resnet
+
+from ecom2f.modeling.frozen_batch_norm import freeze_batch_norm
+
+__all__ = ["ResNetBackbone", "RESNET_DEPTHS"]
+
+RESNET_DEPTHS = {"resnet18": 18, "resnet50": 50, "resnet101": 101}
+_BUILDERS = {"resnet18": resnet.resnet18, "resnet50": resnet.resnet50, "resnet101": resnet.resnet101}
+
+
+class ResNetBackbone(nn.Module):
+    """Stem + four stages; ``forward`` returns ``{"res2": [N, C2, H/4, W/4], ..., "res5": [N, C5, H/32, W/32]}``.
+
+    Args:
+        name: ``resnet18``, ``resnet50`` or ``resnet101``.
+        freeze_at: detectron2's FREEZE_AT (0: train all; 1: freeze the stem; k: stem and res2..res{k}).
+        stride_in_1x1: move each bottleneck's stride from the 3x3 conv (torchvision) to the first 1x1
+            (detectron2 MSRA). Ignored for ResNet-18, whose blocks have no 1x1.
+    """
+
+    def __init__(self, name: str = "resnet50", freeze_at: int = 0, stride_in_1x1: bool = False) -> None:
+        super().__init__()
+        if name not in _BUILDERS:
+            raise ValueError(f"unknown ResNet {name!r}; expected one of {sorted(_BUILDERS)}")
+        net = freeze_batch_norm(_BUILDERS[name](weights=None))
+        self.name = name
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        if stride_in_1x1 and isinstance(self.layer1[0], resnet.Bottleneck):
+            for stage in (self.layer2, self.layer3, self.layer4):
+                block = stage[0]
+                block.conv1.stride, block.conv2.stride = block.conv2.stride, (1, 1)
+        self.out_channels = {
+            f"res{i + 2}": _stage_channels(stage)
+            for i, stage in enumerate((self.layer1, self.layer2, self.layer3, self.layer4))
+        }
+        self.strides = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
+        self._freeze(freeze_at)
+
+    def _freeze(self, freeze_at: int) -> None:
+        groups = [[self.conv1, self.bn1], [self.layer1], [self.layer2], [self.layer3], [self.layer4]]
+        for group in groups[:freeze_at]:
+            for module in group:
+                for parameter in module.parameters():
+                    parameter.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``x``: normalised pixels ``[N, 3, H, W]``."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        out = {}
+        for name, stage in zip(("res2", "res3", "res4", "res5"), (self.layer1, self.layer2, self.layer3, self.layer4)):
+            x = stage(x)
+            out[name] = x
+        return out
+
+
+def _stage_channels(stage: nn.Sequential) -> int:
+    block = stage[-1]
+    last = block.conv3 if isinstance(block, resnet.Bottleneck) else block.conv2
+    return last.out_channels
