@@ -6,8 +6,6 @@ import contextlib
 import os
 import socket
 
-import torch
-
 _ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -28,7 +26,9 @@ def single_process_group():
     try:
         yield
     finally:
-        torch.distributed.destroy_process_group()
+        # DeepSpeed's own teardown also drops the groups it cached, so a later block
+        # starts clean instead of reusing a destroyed group.
+        deepspeed.comm.destroy_process_group()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
