@@ -14,7 +14,7 @@ from torch import nn
 
 from ecom2f.modeling.backbone import build_backbone
 from ecom2f.modeling.config import ModelConfig
-from ecom2f.modeling.gate import Gate
+from ecom2f.modeling.gate import Gate, valid_cells
 from ecom2f.modeling.pixel_decoder import MSDeformAttnPixelDecoder
 from ecom2f.modeling.transformer_decoder import MultiScaleMaskedTransformerDecoder
 
@@ -76,28 +76,32 @@ class EarlyExitMask2Former(nn.Module):
         return depths
 
     # ----------------------------------------------------------------- passes
-    def _encode_inputs(self, pixels: torch.Tensor):
+    def _encode_inputs(self, pixels: torch.Tensor, image_sizes=None):
         if pixels.dim() != 4 or pixels.shape[1] != 3:
             raise ValueError(f"pixels have shape {tuple(pixels.shape)}; expected normalised [N, 3, H, W]")
         features = self.backbone(pixels)
         projected = self.pixel_decoder.project(features)
         inputs = self.pixel_decoder.encoder_inputs(projected)
-        gate_features = self.gate.pool(projected[0])
+        coarsest = projected[0]
+        valid = None if image_sizes is None else valid_cells(image_sizes, pixels.shape[-2:], coarsest.shape[-2:])
+        gate_features = self.gate.pool(coarsest, valid)
         return features, projected, inputs, gate_features
 
-    def forward_raw(self, pixels: torch.Tensor, depth: DepthSpec = None) -> dict:
+    def forward_raw(self, pixels: torch.Tensor, depth: DepthSpec = None, image_sizes=None) -> dict:
         """One pass at the given depth(s).
 
         Args:
             pixels: normalised, padded ``[N, 3, H, W]``.
             depth: see :meth:`resolve_depths`.
+            image_sizes: optional ``[(h_i, w_i)]`` of the images before padding; the gate then
+                pools only each image's own cells (so a batch gates as each image alone would).
         Returns a dict with ``encoder_layer_out`` (``[N, S, C]`` after each executed layer,
         tokens res5, res4, res3, row-major), ``encoder_input`` ``[N, S, C]``, ``mask_features``
         ``[N, D, H/4, W/4]``, ``multi_scale_features`` (3 maps, coarsest first), ``pred_logits``
         ``[N, Q, K+1]``, ``pred_masks`` ``[N, Q, H/4, W/4]``, ``aux_outputs``, ``depths`` ``[N]``,
         ``gate_features`` ``[N, F]``, ``gate_logits`` ``[N, E]``.
         """
-        features, projected, inputs, gate_features = self._encode_inputs(pixels)
+        features, projected, inputs, gate_features = self._encode_inputs(pixels, image_sizes)
         gate_logits = self.gate(gate_features)
         depths = self.resolve_depths(depth, pixels.shape[0], gate_logits)
         final, layer_outputs = self.pixel_decoder.encoder(inputs, depths, keep_layer_outputs=True)

@@ -7,6 +7,8 @@ depth is ``exits[argmax]``. Pooling and the MLP are configurable so step 3 can s
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,6 +36,18 @@ def pool_gate_features(coarsest: torch.Tensor, pooling: str = "mean", grid_size:
     raise ValueError(f"unknown gate pooling {pooling!r}; expected mean, mean_max or grid")
 
 
+def valid_cells(image_sizes, padded_size: tuple[int, int], map_size: tuple[int, int]) -> list[tuple[int, int]]:
+    """Cells of an ``map_size`` feature map covering each image of a batch padded to ``padded_size``.
+
+    ``image_sizes``: ``[(h_i, w_i)]`` in pixels before padding. A cell counts when any pixel
+    of the image falls in it (ceil), as the backbone's strided convolutions see it.
+    """
+    stride_h = padded_size[0] / map_size[0]
+    stride_w = padded_size[1] / map_size[1]
+    return [(min(map_size[0], math.ceil(int(h) / stride_h)), min(map_size[1], math.ceil(int(w) / stride_w)))
+            for h, w in image_sizes]
+
+
 def gate_feature_dim(channels: int, config: GateConfig) -> int:
     return {"mean": channels, "mean_max": 2 * channels, "grid": channels * config.grid_size**2}[config.pooling]
 
@@ -57,9 +71,19 @@ class Gate(nn.Module):
         self.dropout = nn.Dropout(config.dropout) if config.hidden_layers == 0 and config.dropout else nn.Identity()
         self.head = nn.Linear(width, len(config.exits))
 
-    def pool(self, coarsest: torch.Tensor) -> torch.Tensor:
-        """``[N, C, h, w]`` -> ``[N, F]`` as configured."""
-        return pool_gate_features(coarsest, self.config.pooling, self.config.grid_size)
+    def pool(self, coarsest: torch.Tensor, valid_sizes: list[tuple[int, int]] | None = None) -> torch.Tensor:
+        """``[N, C, h, w]`` -> ``[N, F]`` as configured.
+
+        ``valid_sizes``: per image, the ``(h_i, w_i)`` cells of the map its own pixels cover
+        (see :func:`valid_cells`); the cells padding the batch to its largest image are left
+        out, so an image gets the same gate features in any batch as alone.
+        """
+        if valid_sizes is None:
+            return pool_gate_features(coarsest, self.config.pooling, self.config.grid_size)
+        return torch.cat([
+            pool_gate_features(coarsest[i : i + 1, :, :h, :w], self.config.pooling, self.config.grid_size)
+            for i, (h, w) in enumerate(valid_sizes)
+        ])
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.hidden(pooled)))

@@ -56,7 +56,7 @@ def predict(model, images, depth=None, tasks: Sequence[str] | None = None, outpu
     was_training = model.training
     model.eval()
     try:
-        raw = model.forward_raw(pixels, depth)
+        raw = model.forward_raw(pixels, depth, image_sizes=sizes)
     finally:
         model.train(was_training)
     padded = tuple(pixels.shape[-2:])

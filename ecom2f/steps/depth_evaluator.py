@@ -225,10 +225,11 @@ class AllExitsEvaluator:
         """Mean, max and GxG grid of each image's coarsest encoder input ``[C, h, w]``, padding cropped."""
         from ecom2f.modeling.gate import pool_gate_features
 
-        stride = padded[0] / coarsest.shape[-2]
+        from ecom2f.modeling.gate import valid_cells
+
+        cells = valid_cells([sample["image_size"] for sample in samples], padded, coarsest.shape[-2:])
         means, maxes, grids = [], [], []
-        for i, sample in enumerate(samples):
-            height, width = (math.ceil(int(v) / stride) for v in sample["image_size"])
+        for i, (height, width) in enumerate(cells):
             valid = coarsest[i : i + 1, :, :height, :width].float()
             means.append(pool_gate_features(valid, "mean")[0])
             maxes.append(valid.flatten(2).amax(-1)[0])

@@ -1,6 +1,6 @@
 """Step 3's input: the depth table (step 2) as dense per-image arrays, labels and the split.
 
-The depth table (see docs/parts/gate.md for its schema) is ``<run>/depth/rows/*.parquet``, one
+The depth table (see docs/gate_search.md for its schema) is ``<run>/depth/rows/*.parquet``, one
 row per (image_id, exit), and ``<run>/depth/features/*.parquet``, one row per image with the
 gate features: ``gate_mean [C]``, ``gate_max [C]`` and ``gate_grid [G*G*C]``, the coarsest
 encoder input map pooled as :func:`ecom2f.modeling.gate.pool_gate_features` pools it (cell by
@@ -19,6 +19,7 @@ import logging
 import numpy as np
 
 from ecom2f import storage
+from ecom2f.steps.depth_labels import NAN_QUALITY
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +115,17 @@ def load_gate_table(depth_uri: str, exits: list[int]) -> GateTable:
     missing_exits = [k for k in exits if ("pq", k) not in wide.columns]
     if missing_exits:
         raise ValueError(f"the depth table has no rows for gate exits {missing_exits}; step 2 must cover {exits}")
-    pq = wide["pq"][exits].to_numpy(np.float32)
-    gaps = np.isnan(pq).any(axis=1)
+    # Gaps are missing rows, counted; a NaN pq is a legal value (no ground truth and nothing
+    # predicted at that exit) and counts as perfect quality, as in step 2's derive_labels.
+    rows_per_image = rows.groupby("image_id")["exit"].nunique().reindex(wide.index)
+    gaps = (rows_per_image < len(exits)).to_numpy()
     if gaps.any():
         raise ValueError(
             f"{int(gaps.sum())} images lack a row for some gate exit {exits} "
             f"(e.g. image ids {wide.index[gaps][:5].tolist()}); rerun step 2 to complete the table"
         )
+    pq = wide["pq"][exits].to_numpy(np.float32)
+    pq = np.where(np.isnan(pq), np.float32(NAN_QUALITY), pq)
     image_ids = wide.index.to_numpy(np.int64)
     difficulty = rows.groupby("image_id")["difficulty"].first().reindex(image_ids).to_numpy(np.float32)
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from ecom2f.modeling.config import GateConfig
-from ecom2f.modeling.gate import Gate, pool_gate_features
+from ecom2f.modeling.gate import Gate, pool_gate_features, valid_cells
+from ecom2f.modeling.preprocessing import normalize_and_pad
 from tests.modeling.tiny import tiny_model
 
 
@@ -72,3 +73,21 @@ def _pixels(model, images):
     from ecom2f.modeling.preprocessing import normalize_and_pad
 
     return normalize_and_pad(images, model.config.pixel_mean, model.config.pixel_std, 32)[0]
+
+
+def test_gate_features_ignore_the_batch_padding():
+    # A small image batched with a large one is padded; its gate pools only its own cells of
+    # the coarsest map (as step 2 stores the features), never the cells of pure padding.
+    model = tiny_model(gate={"pooling": "grid", "grid_size": 2})
+    small = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
+    large = torch.randint(0, 256, (3, 128, 192), dtype=torch.uint8)
+    with torch.no_grad():
+        pixels, sizes = normalize_and_pad([small, large], model.config.pixel_mean, model.config.pixel_std, 32)
+        batched = model.forward_raw(pixels, depth=0, image_sizes=sizes)["gate_features"]
+        unmasked = model.forward_raw(pixels, depth=0)["gate_features"]
+        coarsest = model.pixel_decoder.project(model.backbone(pixels))[0]  # [2, C, 4, 6]
+    assert valid_cells(sizes, (128, 192), (4, 6)) == [(2, 2), (4, 6)]
+    torch.testing.assert_close(batched[0], pool_gate_features(coarsest[:1, :, :2, :2], "grid", 2)[0])
+    torch.testing.assert_close(batched[1], unmasked[1])  # the largest image has no padding
+    assert not torch.allclose(unmasked[0], batched[0])
+    assert valid_cells([(100, 190)], (128, 192), (4, 6)) == [(4, 6)]  # partly covered cells count

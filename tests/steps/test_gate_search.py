@@ -128,6 +128,21 @@ def test_load_gate_table_fails_loudly_on_gaps_and_duplicates(tmp_path):
         load_gate_table(str(tmp_path / "nowhere"), [2])
 
 
+def test_undefined_pq_is_a_value_not_a_gap(tmp_path):
+    # No ground truth and nothing predicted at an exit gives PQ NaN in step 2: it loads as
+    # perfect quality (step 2's derive_labels rule), and the image is not reported missing.
+    table = planted_table(20)
+    write_depth_table(table, str(tmp_path / "depth"), shards=1)
+    rows_uri = str(tmp_path / "depth" / "rows" / "part-00000.parquet")
+    rows = pd.read_parquet(rows_uri)
+    rows.loc[(rows.image_id == table.image_ids[3]) & (rows.exit == 4), "pq"] = np.nan
+    rows.to_parquet(rows_uri, index=False)
+    loaded = load_gate_table(str(tmp_path / "depth"), [2, 3, 4, 5, 6])
+    expected = table.pq.copy()
+    expected[3, 2] = 1.0
+    np.testing.assert_array_equal(loaded.pq, expected)
+
+
 def test_labels_break_ties_toward_fewer_layers_for_both_costs():
     table = GateTable(
         image_ids=np.arange(3), exits=np.array([2, 4, 6]),
