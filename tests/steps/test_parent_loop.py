@@ -112,3 +112,18 @@ def test_resumed_run_equals_uninterrupted_run(tiny_data_root, tmp_path):
     assert straight_weights.keys() == resumed_weights.keys()
     for name in straight_weights:
         assert torch.equal(straight_weights[name], resumed_weights[name]), name
+
+
+def test_all_exits_mode_and_gradient_accumulation(tiny_data_root, tmp_path):
+    # all_exits: every exit's loss each iteration; accumulation: 2 micro-batches per step.
+    config = tiny_config(
+        tiny_data_root, tmp_path / "runs", "data.recipe=none", "solver.max_iter=2", "parent.all_exits=true",
+        "parent.exits=[2,4,6]", "parent.log_period=1", "parent.checkpoint_period=1000", "ray.num_workers=1",
+        "solver.ims_per_batch=4", "solver.gradient_accumulation_steps=2", "solver.lr_schedule.steps=[1]",
+    )
+    session = LocalSession(tmp_path / "session")
+    train_parent(config, session, training_dataset(config))
+    assert [r["step"] for r in session.reported] == [1, 2]
+    for report in session.reported:
+        assert {k for k in range(1, 7) if f"loss_exit_{k}" in report} == {2, 4, 6}
+    assert [r["samples_consumed"] for r in session.reported] == [4, 8]  # 2 micro-batches of 2 per step
