@@ -127,6 +127,13 @@ class DataConfig(Section):
 # ----------------------------------------------------------------------------- solver
 
 
+def _increasing_depths(exits: list[int] | None) -> list[int] | None:
+    """Exit lists (parent.exits, depth.exits): None, or strictly increasing depths >= 1."""
+    if exits is not None and (not exits or sorted(set(exits)) != exits or exits[0] < 1):
+        raise ValueError(f"{exits} must be a non-empty, strictly increasing list of depths >= 1")
+    return exits
+
+
 class ClipGradientsConfig(Section):
     enabled: bool = True
     # full_model: one norm over all parameters (Mask2Former); norm: per parameter; value: clamp.
@@ -219,9 +226,7 @@ class ParentConfig(Section):
     @field_validator("exits")
     @classmethod
     def _exits_sorted(cls, exits: list[int] | None) -> list[int] | None:
-        if exits is not None and (not exits or sorted(set(exits)) != exits or exits[0] < 1):
-            raise ValueError(f"{exits} must be a non-empty, strictly increasing list of depths >= 1")
-        return exits
+        return _increasing_depths(exits)
 
     @model_validator(mode="after")
     def _weights(self) -> ParentConfig:
@@ -251,9 +256,7 @@ class DepthConfig(Section):
     @field_validator("exits")
     @classmethod
     def _exits_sorted(cls, exits: list[int] | None) -> list[int] | None:
-        if exits is not None and (not exits or sorted(set(exits)) != exits or exits[0] < 1):
-            raise ValueError(f"{exits} must be a non-empty, strictly increasing list of depths >= 1")
-        return exits
+        return _increasing_depths(exits)
 
 
 # ----------------------------------------------------------------------------- step 3: gate search
