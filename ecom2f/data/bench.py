@@ -16,15 +16,11 @@ import time
 
 import torch
 
+from ecom2f.benchmarking import cpu_description
+
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, Python {platform.python_version()}"
+    return f"{cpu_description()}, torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def measure(dataset, workers: int, batch_size: int, batches: int) -> float:

@@ -17,7 +17,6 @@ __all__ = [
     "GateConfig",
     "InferenceConfig",
     "CriterionConfig",
-    "CriterionConfig",
     "ModelConfig",
     "BACKBONE_NAMES",
 ]
@@ -119,18 +118,6 @@ class InferenceConfig(_Section):
 
 
 class CriterionConfig(_Section):
-    """Mask2Former's training loss (MODEL.MASK_FORMER.*_WEIGHT, TRAIN_NUM_POINTS, ...)."""
-
-    class_weight: float = Field(2.0, ge=0.0)
-    mask_weight: float = Field(5.0, ge=0.0)
-    dice_weight: float = Field(5.0, ge=0.0)
-    no_object_weight: float = Field(0.1, ge=0.0)
-    num_points: int = Field(12544, gt=0)
-    oversample_ratio: float = Field(3.0, ge=1.0)
-    importance_sample_ratio: float = Field(0.75, ge=0.0, le=1.0)
-
-
-class CriterionConfig(_Section):
     """Mask2Former's matching costs and loss weights (MODEL.MASK_FORMER.*)."""
 
     class_weight: float = Field(2.0, ge=0.0)
@@ -155,7 +142,6 @@ class ModelConfig(_Section):
     pixel_std: list[float] = Field(default_factory=lambda: [58.395, 57.12, 57.375])
     size_divisibility: int = Field(32, ge=0)
     test: InferenceConfig = Field(default_factory=InferenceConfig)
-    criterion: CriterionConfig = Field(default_factory=CriterionConfig)
     criterion: CriterionConfig = Field(default_factory=CriterionConfig)
 
     @model_validator(mode="after")

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass
 
 import torch
 
+from ecom2f.benchmarking import cpu_description
 from ecom2f.ops import extension_loaded, has_kernel, ms_deform_attn_reference
 
 # name -> (batch, level shapes); H=8 heads of D=32, P=4 points, queries = all tokens.
@@ -121,13 +121,7 @@ def forward_bytes(batch, level_shapes, dtype) -> int:
 def machine_description(device) -> str:
     if device == "cuda":
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
+    return f"{cpu_description()}, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
 
 
 def run(device: str, runs: int, dtypes: list[torch.dtype]) -> str:

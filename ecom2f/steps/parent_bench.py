@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 
 import torch
 
+from ecom2f.benchmarking import cpu_description
+
 
 def _machine() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()} x{torch.cuda.device_count()}"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (CPU only)"
+    return f"{cpu_description()} (CPU only)"
 
 
 def main(argv: list[str] | None = None) -> int:
