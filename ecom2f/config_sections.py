@@ -287,6 +287,10 @@ class GateSearchConfig(Section):
     lr: tuple[float, float] = (1e-4, 1e-2)  # log-uniform range
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(256, ge=1)
+    # A trial stops once its validation objective has not improved for this many epochs (0: never).
+    patience: int = Field(5, ge=0)
+    # Training matmuls: bf16 where the CPU has native bfloat16 (AMX / AVX512-BF16) with "auto".
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     compute_budgets: list[float] = Field(default_factory=list)  # empty: no budget constraint
     budget_unit: Literal["layers", "gflops"] = "layers"
     num_samples: int = Field(20, ge=1)

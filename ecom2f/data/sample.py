@@ -75,3 +75,15 @@ def training_targets(sample: dict) -> dict:
     if sample["masks"].numel():
         keep &= sample["masks"].flatten(1).any(dim=1)
     return {"labels": sample["labels"][keep], "masks": sample["masks"][keep]}
+
+
+def semantic_label_map(sample: dict, ignore_label: int = 255) -> np.ndarray:
+    """``[H, W]`` int64 contiguous class per pixel of ``id_map`` (original size); void and crowd
+    pixels are ``ignore_label``, as detectron2's semantic ground truth of a panoptic dataset."""
+    id_map = sample["id_map"].numpy()
+    semantic = np.full(id_map.shape, ignore_label, dtype=np.int64)
+    for segment_id, label, crowd in zip(sample["segment_ids"].tolist(), sample["labels"].tolist(),
+                                        sample["iscrowd"].tolist()):
+        if not crowd:
+            semantic[id_map == segment_id] = label
+    return semantic

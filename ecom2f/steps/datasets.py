@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import shutil
 
 from ecom2f.config import Config
 from ecom2f.data import build_dataset, build_transform, data_root
 
+log = logging.getLogger(__name__)
+
 
 def ensure_synthetic_data(config: Config) -> None:
-    """Generates ``<data.root>/synthetic/{train,val}`` once, when ``data.synthetic`` asks for it."""
+    """Generates ``<data.root>/synthetic/{train,val}`` when ``data.synthetic`` asks for it.
+
+    A split is generated once and reused while its ``panoptic.json`` records the configured
+    generator settings (count, size, seed); when they differ it is generated again, into a
+    sibling folder swapped in at the end, so a changed ``data.synthetic`` never trains on stale
+    images and an interrupted generation leaves the old split whole.
+    """
     synthetic = config.data.synthetic
     if synthetic is None:
         return
@@ -21,8 +32,30 @@ def ensure_synthetic_data(config: Config) -> None:
     for split, count, seed in (("train", synthetic.num_train, synthetic.seed),
                                ("val", synthetic.num_val, synthetic.seed + 1)):
         out = os.path.join(root, "synthetic", split)
-        if not os.path.exists(os.path.join(out, "panoptic.json")):  # written last: its presence means complete
+        wanted = {"seed": seed, "image_size": synthetic.image_size, "num_images": count}
+        recorded = _recorded_settings(os.path.join(out, "panoptic.json"))  # written last: present = complete
+        if recorded == wanted:
+            continue
+        if recorded is None and not os.path.exists(out):
             generate(out, num_images=count, image_size=synthetic.image_size, seed=seed)
+            continue
+        log.info("regenerating %s: it holds %s, data.synthetic asks for %s", out, recorded, wanted)
+        staging = f"{out}.generating-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        generate(staging, num_images=count, image_size=synthetic.image_size, seed=seed)
+        retired = f"{out}.old-{os.getpid()}"
+        os.replace(out, retired)
+        os.replace(staging, out)
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+def _recorded_settings(json_path: str) -> dict | None:
+    """The generator settings a complete synthetic split records, or None when it is incomplete."""
+    if not os.path.exists(json_path):
+        return None
+    with open(json_path) as f:
+        info = json.load(f).get("info", {})
+    return {key: info.get(key) for key in ("seed", "image_size", "num_images")}
 
 
 def training_dataset(config: Config):

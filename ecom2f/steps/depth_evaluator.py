@@ -5,6 +5,9 @@ dataset index load once). For a batch of dataset indices it loads the samples it
 ``model.forward_all_exits`` once (backbone and encoder once, pixel decoder and transformer
 decoder per exit), and returns, per image, every exit's criterion loss and PQ/SQ/RQ and the
 image's gate features. Images are the test-time view (``inference_resize``), not augmented.
+
+mIoU is recorded where the dataset has semantic labels (panoptic and semantic datasets: it has
+stuff categories, so every labelled pixel has one class); for instance-only datasets it is NaN.
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ import torch
 import torch.nn.functional as F
 
 from ecom2f.config import Config, config_from_dict
+from ecom2f.data.sample import semantic_label_map
 
 log = logging.getLogger(__name__)
 
 __all__ = ["AllExitsEvaluator", "FailOnceAtIndex", "depth_dataset", "load_parent_model", "per_image_seed"]
 
 # Per-exit columns of a result batch, each [images, exits]; the per-image ones are [images].
-EXIT_FLOAT_COLUMNS = ("loss", "pq", "sq", "rq", "pq_things", "pq_stuff", "encoder_gflops")
+EXIT_FLOAT_COLUMNS = ("loss", "pq", "sq", "rq", "pq_things", "pq_stuff", "miou", "encoder_gflops")
 EXIT_INT_COLUMNS = ("num_pred_segments",)
 IMAGE_COLUMNS = ("index", "image_id", "height", "width", "num_gt_segments", "difficulty", "error")
 FEATURE_COLUMNS = ("gate_mean", "gate_max", "gate_grid")
@@ -119,11 +123,13 @@ class AllExitsEvaluator:
         self.exits = list(self.config.depth_exits)
         self.grid = self.config.depth.gate_feature_grid
         self.fault = FailOnceAtIndex(**fail_once) if fail_once else None
+        self.num_classes, self.ignore_label = metadata.num_classes, metadata.ignore_label
+        self.semantic = bool(metadata.stuff_classes)
 
     def __call__(self, batch: dict) -> dict:
         """``batch["index"]``: dataset positions ``[n]``. Returns numpy columns, one entry per image:
         ``index, image_id, height, width, num_gt_segments, difficulty, error`` ``[n]``; ``loss, pq,
-        sq, rq, pq_things, pq_stuff, encoder_gflops, num_pred_segments`` ``[n, E]`` (E = exits);
+        sq, rq, pq_things, pq_stuff, miou, encoder_gflops, num_pred_segments`` ``[n, E]`` (E = exits);
         ``gate_mean, gate_max`` ``[n, C]``, ``gate_grid`` ``[n, C*G*G]``.
 
         A batch that raises comes back as rows with ``error`` set (and no values): the job then
@@ -155,6 +161,7 @@ class AllExitsEvaluator:
         targets = [self._target(sample, padded) for sample in samples]
         for i, sample in enumerate(samples):
             truth = self._ground_truth(sample)
+            semantic_truth = semantic_label_map(sample, self.ignore_label) if self.semantic else None
             image_size = tuple(int(v) for v in sample["image_size"])
             for e, k in enumerate(self.exits):
                 prediction = _one_image(result["outputs"][k], i)
@@ -162,7 +169,8 @@ class AllExitsEvaluator:
                 # would say how intermediate predictions do, and cost 3-4x more (point sampling).
                 generator = torch.Generator(device=self.device).manual_seed(per_image_seed(self.config.seed, int(indices[i])))
                 out["loss"][i, e] = float(self.criterion(prediction, [targets[i]], generator=generator)["total"])
-                stats, num_pred = self._panoptic_quality(prediction, truth, padded, image_size, sample["orig_size"])
+                stats, num_pred = self._quality(prediction, truth, semantic_truth, padded, image_size,
+                                                sample["orig_size"])
                 for name, value in stats.items():
                     out[name][i, e] = value
                 out["num_pred_segments"][i, e] = num_pred
@@ -198,9 +206,11 @@ class AllExitsEvaluator:
 
         return PanopticGroundTruth(sample["id_map"].numpy(), sample["segments_info"], self.categories)
 
-    def _panoptic_quality(self, prediction: dict, truth, padded, image_size, orig_size) -> tuple[dict, int]:
-        """Mask2Former's panoptic inference at the original size, scored against the image's GT."""
-        from ecom2f.modeling.postprocessing import panoptic_inference, resize_masks_to_input
+    def _quality(self, prediction: dict, truth, semantic_truth, padded, image_size, orig_size) -> tuple[dict, int]:
+        """Mask2Former's panoptic inference at the original size, scored against the image's GT, and
+        (with ``semantic_truth`` ``[H, W]``) its semantic inference's mIoU over the image's GT classes."""
+        from ecom2f.evaluation import SemanticConfusion
+        from ecom2f.modeling.postprocessing import panoptic_inference, resize_masks_to_input, semantic_inference
 
         test = self.model.config.test
         masks = resize_masks_to_input(prediction["pred_masks"][0], padded, image_size, tuple(orig_size))
@@ -211,6 +221,11 @@ class AllExitsEvaluator:
         summary = truth.pq(ids.cpu().numpy(), segments).summary(self.categories)
         stats = {"pq": summary["All"]["pq"], "sq": summary["All"]["sq"], "rq": summary["All"]["rq"],
                  "pq_things": summary["Things"]["pq"], "pq_stuff": summary["Stuff"]["pq"]}
+        if semantic_truth is not None:
+            confusion = SemanticConfusion(self.num_classes, ignore_index=self.ignore_label)
+            confusion.update(semantic_inference(prediction["pred_logits"][0], masks).argmax(0).cpu().numpy(),
+                             semantic_truth)
+            stats["miou"] = confusion.summary()["mIoU"]
         return stats, len(segments)
 
     def _encoder_gflops(self, image_size: tuple[int, int], depth: int) -> float:

@@ -31,14 +31,14 @@ __all__ = [
     "depth_config_hash",
 ]
 
-DEPTH_SCHEMA_VERSION = 1
+DEPTH_SCHEMA_VERSION = 2  # 2: + miou
 MANIFEST = "_SUCCESS.json"
 HASH_KEY = b"ecom2f.depth.config_hash"
 
 ROWS_SCHEMA = pa.schema([
     ("image_id", pa.int64()), ("exit", pa.int16()), ("loss", pa.float32()),
     ("pq", pa.float32()), ("sq", pa.float32()), ("rq", pa.float32()),
-    ("pq_things", pa.float32()), ("pq_stuff", pa.float32()),
+    ("pq_things", pa.float32()), ("pq_stuff", pa.float32()), ("miou", pa.float32()),
     ("num_gt_segments", pa.int32()), ("num_pred_segments", pa.int32()),
     ("encoder_gflops", pa.float32()), ("difficulty", pa.float32()), ("schema_version", pa.int16()),
 ])
@@ -85,7 +85,7 @@ def shard_tables(images: dict, exits: list[int]) -> tuple[pa.Table, pa.Table]:
     per_exit = lambda name: np.asarray(pick[name]).reshape(n * num_exits)  # noqa: E731 - [n, E] -> [n * E]
     rows = pa.table({
         "image_id": per_image("image_id"), "exit": np.tile(np.asarray(exits, np.int16), n),
-        **{name: per_exit(name) for name in ("loss", "pq", "sq", "rq", "pq_things", "pq_stuff")},
+        **{name: per_exit(name) for name in ("loss", "pq", "sq", "rq", "pq_things", "pq_stuff", "miou")},
         "num_gt_segments": per_image("num_gt_segments"), "num_pred_segments": per_exit("num_pred_segments"),
         "encoder_gflops": per_exit("encoder_gflops"), "difficulty": per_image("difficulty"),
         "schema_version": np.full(n * num_exits, DEPTH_SCHEMA_VERSION, np.int16),

@@ -22,6 +22,7 @@ import torch
 from ecom2f import storage
 from ecom2f.config import Config
 from ecom2f.data import build_dataset
+from ecom2f.data.sample import semantic_label_map
 from ecom2f.data.transforms import inference_resize
 from ecom2f.evaluation import MaskAPEvaluator, PanopticGroundTruth, PQStat, SemanticConfusion
 from ecom2f.modeling.early_exit_mask2former import EarlyExitMask2Former, build_model
@@ -109,17 +110,6 @@ def _gt_for_pq(sample: dict, to_contiguous: dict[int, int]) -> tuple[np.ndarray,
     return sample["id_map"].numpy(), segments
 
 
-def _semantic_gt(sample: dict, ignore: int) -> np.ndarray:
-    """``[H, W]`` contiguous class per pixel from the panoptic ground truth; void and crowd -> ignore."""
-    id_map = sample["id_map"].numpy()
-    semantic = np.full(id_map.shape, ignore, dtype=np.int64)
-    for segment_id, label, crowd in zip(sample["segment_ids"].tolist(), sample["labels"].tolist(),
-                                        sample["iscrowd"].tolist()):
-        if not crowd:
-            semantic[id_map == segment_id] = label
-    return semantic
-
-
 def score_batch(
     model: EarlyExitMask2Former,
     samples: Sequence[dict],
@@ -169,7 +159,7 @@ def score_batch(
             }
             if "semantic" in tasks:
                 confusion = SemanticConfusion(len(categories), ignore_index=metadata.ignore_label)
-                confusion.update(result["sem_seg"].argmax(0).cpu().numpy(), _semantic_gt(sample, metadata.ignore_label))
+                confusion.update(result["sem_seg"].argmax(0).cpu().numpy(), semantic_label_map(sample, metadata.ignore_label))
                 row["semantic_state"] = pickle.dumps(confusion)
             if "instance" in tasks:
                 row["instance_state"] = pickle.dumps(_instance_accumulator(sample, result["instances"], metadata))

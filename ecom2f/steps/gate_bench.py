@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="pooling:hidden_layers, grid2/grid4 for the grid at 2x2 / 4x4")
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
+                        help="gate.precision (base config: auto = bf16 on CPUs with native bfloat16)")
+    parser.add_argument("--patience", type=int, default=0, help="gate.patience (base config: 5; 0 = every epoch)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -51,15 +54,17 @@ def main(argv: list[str] | None = None) -> int:
     train_rows, val_rows = split_images(table.image_ids, 0.2, 0)
     print(f"table: {args.images} images x {len(table.exits)} exits, C={args.channels} "
           f"(built in {time.perf_counter() - start:.1f} s); {len(train_rows)} train, {len(val_rows)} validation; "
-          f"{args.epochs} epochs, batch {args.batch_size}, {args.threads} thread(s)")
+          f"{args.epochs} epochs at most, patience {args.patience}, batch {args.batch_size}, {args.precision}, "
+          f"{args.threads} thread(s)")
     for design in args.designs:
         pooling, hidden = design.split(":")
         grid_size = int(pooling[4:]) if pooling.startswith("grid") else 2
         trial = GateTrial(pooling="grid" if pooling.startswith("grid") else pooling, grid_size=grid_size,
                           hidden_layers=int(hidden), width=args.width, epochs=args.epochs,
-                          batch_size=args.batch_size, lr=1e-3)
+                          batch_size=args.batch_size, lr=1e-3, precision=args.precision, patience=args.patience)
         _, metrics = train_gate(table, train_rows, val_rows, trial)
-        print(f"{design:>12}: one trial {metrics['seconds']:.1f} s ({metrics['seconds'] / args.epochs:.2f} s/epoch); "
+        print(f"{design:>12}: one trial {metrics['seconds']:.1f} s, {metrics['epoch']} epochs "
+              f"({metrics['seconds'] / metrics['epoch']:.2f} s/epoch); "
               f"validation PQ {metrics['val_pq']:.4f} vs oracle {metrics['oracle_pq']:.4f}")
     return 0
 

@@ -40,6 +40,7 @@ from ecom2f.steps.gate_store import load_gate
 __all__ = [
     "LOSSES",
     "GateTrial",
+    "bf16_is_native",
     "fold_standardisation",
     "gate_inputs",
     "gate_loss",
@@ -85,6 +86,11 @@ class GateTrial:
     batch_size: int = 256
     temperature: float = DEFAULT_TEMPERATURE
     seed: int = 0
+    # Training matmuls in bfloat16 ("bf16"), or "auto": bf16 for gates with hidden layers where the
+    # CPU multiplies it natively (AMX or AVX512-BF16), 1.1-1.3x faster there; weights and validation stay fp32.
+    precision: str = "fp32"
+    # Stop once val_utility_gap has not improved for this many epochs (0: run every epoch).
+    patience: int = 0
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -93,6 +99,10 @@ class GateTrial:
             raise ValueError(f"gate cost {self.cost!r}: expected 'layers' or 'gflops'")
         if self.temperature <= 0:
             raise ValueError(f"gate temperature {self.temperature} must be > 0")
+        if self.precision not in ("fp32", "bf16", "auto"):
+            raise ValueError(f"gate precision {self.precision!r}: expected fp32, bf16 or auto")
+        if self.patience < 0:
+            raise ValueError(f"gate patience {self.patience} must be >= 0 (0 turns early stopping off)")
 
     @classmethod
     def from_dict(cls, values: dict) -> GateTrial:
@@ -139,6 +149,12 @@ def gate_inputs(table: GateTable, pooling: str, grid_size: int) -> np.ndarray:
     block = stored // grid_size
     cells = table.grid.reshape(len(table), grid_size, block, grid_size, block, table.channels)
     return cells.mean(axis=(2, 4), dtype=np.float32).reshape(len(table), -1)
+
+
+def bf16_is_native() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AMX tiles or AVX512-BF16)."""
+    cpu = torch.cpu
+    return any(getattr(cpu, name, lambda: False)() for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
@@ -209,9 +225,10 @@ def reference_metrics(table: GateTable, positions: np.ndarray, beta: float, cost
 
 # ----------------------------------------------------------------------------- training
 
-# report(epoch, metrics, export) is called after every epoch; export() returns the gate as it
-# would be saved (standardisation folded in, eval mode). Returning False stops training.
-Reporter = Callable[[int, dict, Callable[[], Gate]], "bool | None"]
+# report(epoch, metrics, export, training_state) is called after every epoch: export() returns the
+# gate as it would be saved (standardisation folded in, eval mode), training_state() what
+# train_gate(resume=...) needs to continue exactly from this epoch. Returning False stops training.
+Reporter = Callable[[int, dict, Callable[[], Gate], Callable[[], dict]], "bool | None"]
 
 
 def _logits(gate: Gate, features: torch.Tensor, rows: np.ndarray, mean, std) -> torch.Tensor:
@@ -223,14 +240,21 @@ def _logits(gate: Gate, features: torch.Tensor, rows: np.ndarray, mean, std) -> 
 
 
 def train_gate(table: GateTable, train_rows: np.ndarray, val_rows: np.ndarray, trial: GateTrial,
-               report: Reporter | None = None) -> tuple[Gate, dict]:
+               report: Reporter | None = None, resume: dict | None = None) -> tuple[Gate, dict]:
     """Train ``trial`` on images ``train_rows``, score on ``val_rows`` after every epoch.
+
+    ``resume``: a ``training_state()`` a reporter was given (a Tune checkpoint's
+    ``training_state.pt``): training continues after that epoch with the same weights, optimiser
+    moments and random streams, so an interrupted trial ends where an uninterrupted one would.
 
     Returns the exported gate (raw-feature input, eval mode) and the last epoch's metrics:
     ``val_pq``, ``val_layers``, ``val_gflops``, ``val_utility``, ``val_accuracy`` (picks equal
     to the hard labels), the oracle's ``oracle_*`` on the same images, ``val_utility_gap``
     (oracle utility minus the gate's: comparable across betas, the search's objective),
-    ``train_loss``, ``epoch``, ``seconds``.
+    ``train_loss``, ``epoch``, ``seconds`` (training time, summed over resumptions). With
+    ``trial.patience``, training stops once the validation objective ``val_utility_gap`` has not
+    improved for that many epochs; the gate and metrics are then those of the last epoch run
+    (what Tune saw last).
     """
     start = time.perf_counter()
     torch.manual_seed(trial.seed)
@@ -245,18 +269,32 @@ def train_gate(table: GateTable, train_rows: np.ndarray, val_rows: np.ndarray, t
 
     gate = Gate(table.channels, trial.gate_config(table.exits.tolist()))
     optimizer = torch.optim.AdamW(gate.parameters(), lr=trial.lr, weight_decay=trial.weight_decay, fused=True)
+    first_epoch, seconds_before, metrics = 1, 0.0, {}
+    if resume is not None:
+        if resume.get("trial") != dataclasses.asdict(trial):
+            raise ValueError(f"the training state to resume is of trial {resume.get('trial')}, not {trial}")
+        gate.load_state_dict(resume["gate"])
+        optimizer.load_state_dict(resume["optimizer"])
+        generator.set_state(resume["generator"])
+        torch.set_rng_state(resume["torch_rng"])
+        first_epoch, seconds_before, metrics = resume["epoch"] + 1, resume["seconds"], resume["metrics"]
     labels = derive_labels(table, trial.beta, trial.cost)
     oracle = reference_metrics(table, val_rows, trial.beta, trial.cost)["oracle"]
     steps_per_epoch = math.ceil(len(train_index) / trial.batch_size)
-    metrics: dict = {}
-    for epoch in range(1, trial.epochs + 1):
+    # A linear gate's 256 x 5 products are too small to gain from bf16 (its casts cost more).
+    bf16 = trial.precision == "bf16" or (trial.precision == "auto" and trial.hidden_layers > 0 and bf16_is_native())
+    best_gap, stale = (resume or {}).get("best_gap", math.inf), (resume or {}).get("stale_epochs", 0)
+    for epoch in range(first_epoch, trial.epochs + 1):
+        if trial.patience and stale >= trial.patience:
+            break
         gate.train()
         order = train_index[torch.randperm(len(train_index), generator=generator)]
         total = 0.0
         for step in range(steps_per_epoch):
             batch = order[step * trial.batch_size:(step + 1) * trial.batch_size]
-            logits = gate((features[batch] - mean) / std)
-            loss = gate_loss(trial.loss, logits, utility[batch], trial.temperature)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = gate((features[batch] - mean) / std)
+            loss = gate_loss(trial.loss, logits.float(), utility[batch], trial.temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -270,8 +308,20 @@ def train_gate(table: GateTable, train_rows: np.ndarray, val_rows: np.ndarray, t
             "val_utility_gap": oracle["utility"] - realised["utility"],
             "train_loss": total / len(train_index),
             "epoch": epoch,
-            "seconds": time.perf_counter() - start,
+            "seconds": seconds_before + time.perf_counter() - start,
         }
-        if report is not None and report(epoch, metrics, lambda: fold_standardisation(gate, mean, std).eval()) is False:
+        if metrics["val_utility_gap"] < best_gap - 1e-9:
+            best_gap, stale = metrics["val_utility_gap"], 0
+        else:
+            stale += 1
+
+        def training_state(epoch=epoch, metrics=metrics, best_gap=best_gap, stale=stale) -> dict:
+            return {"trial": dataclasses.asdict(trial), "epoch": epoch, "metrics": dict(metrics),
+                    "seconds": metrics["seconds"], "gate": copy.deepcopy(gate.state_dict()),
+                    "optimizer": copy.deepcopy(optimizer.state_dict()), "generator": generator.get_state(),
+                    "torch_rng": torch.get_rng_state(), "best_gap": best_gap, "stale_epochs": stale}
+
+        if report is not None and report(epoch, metrics, lambda: fold_standardisation(gate, mean, std).eval(),
+                                         training_state) is False:
             break
     return fold_standardisation(gate, mean, std).eval(), metrics

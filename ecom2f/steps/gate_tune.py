@@ -40,6 +40,7 @@ __all__ = ["gate_trainable", "search_space", "tune_gates"]
 TUNE_RUN_NAME = "tune"
 SUCCESS_FILE = "_SUCCESS.json"
 OBJECTIVE, OBJECTIVE_MODE = "val_utility_gap", "min"
+TRAINING_STATE = "training_state.pt"  # in each trial checkpoint, beside the gate
 TRIAL_KEYS = ("pooling", "grid_size", "hidden_layers", "width", "dropout", "loss", "beta", "lr")
 
 
@@ -62,24 +63,38 @@ def search_space(config: Config) -> dict:
         "batch_size": search.batch_size,
         "cost": search.budget_unit,
         "temperature": search.temperature,
+        "precision": search.precision,
+        "patience": search.patience,
         "seed": config.seed,
     }
 
 
 def gate_trainable(trial_config: dict, table: GateTable, train_rows: np.ndarray, val_rows: np.ndarray) -> None:
-    """One Tune trial (runs in a Ray worker): train, report metrics and gate every epoch."""
+    """One Tune trial (runs in a Ray worker): train, report metrics and a checkpoint every epoch.
+
+    The checkpoint holds the gate as it would be saved (``gate.pt``, ``gate.json``) and the
+    training state (``training_state.pt``); a trial restored after an interruption
+    (``Tuner.restore``) continues from it instead of starting over.
+    """
     from ray import tune
 
     torch.set_num_threads(1)  # one CPU per trial; more threads only contend
     trial = GateTrial.from_dict(trial_config)
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume = torch.load(os.path.join(folder, TRAINING_STATE), map_location="cpu", weights_only=True)
+        log.info("trial resumes after epoch %d", resume["epoch"])
 
-    def report(epoch: int, metrics: dict, export) -> None:
+    def report(epoch: int, metrics: dict, export, training_state) -> None:
         with tempfile.TemporaryDirectory(prefix="ecom2f-gate-") as folder:
             write_gate(folder, export(), {"channels": table.channels, "beta": trial.beta, "cost": trial.cost,
                                           "trial": trial_config, "validation": metrics})
+            torch.save(training_state(), os.path.join(folder, TRAINING_STATE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    train_gate(table, train_rows, val_rows, trial, report)
+    train_gate(table, train_rows, val_rows, trial, report, resume=resume)
 
 
 # ----------------------------------------------------------------------------- the job

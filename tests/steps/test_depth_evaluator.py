@@ -63,7 +63,7 @@ def test_rows_match_a_forward_per_exit(random_parent):
     for e, k in enumerate(EXITS):
         with torch.no_grad():
             raw = model.forward_raw(pixels, depth=k)  # one full pass per exit: the reference
-        predictions = model.predict([s["image"] for s in samples], depth=k, tasks=["panoptic"],
+        predictions = model.predict([s["image"] for s in samples], depth=k, tasks=["panoptic", "semantic"],
                                     output_sizes=[s["orig_size"] for s in samples])
         for i, sample in enumerate(samples):
             target = {"labels": batch["targets"][i]["labels"], "masks": batch["targets"][i]["masks"].float()}
@@ -85,6 +85,8 @@ def test_rows_match_a_forward_per_exit(random_parent):
                 got = out[column][i, e]
                 assert (math.isnan(expected) and math.isnan(got)) or got == pytest.approx(expected, abs=1e-6)
             assert out["num_pred_segments"][i, e] == len(segments)
+            expected_miou = _image_miou(predictions[i]["sem_seg"].argmax(0).numpy(), sample, metadata)
+            assert out["miou"][i, e] == pytest.approx(expected_miou, abs=1e-6)
             seen_segments += len(segments)
             assert out["encoder_gflops"][i, e] == pytest.approx(encoder_gflops(config.model, 64, 64, depth=k), rel=1e-6)
     assert seen_segments > 0  # the PQ comparison was not only of empty predictions
@@ -104,6 +106,23 @@ def test_rows_match_a_forward_per_exit(random_parent):
     np.testing.assert_allclose(out["gate_max"], coarsest.amax((2, 3)).numpy(), rtol=1e-5, atol=1e-6)
     # A 2x2 grid of a 2x2 map is the map itself, cell by cell (row-major), channels together.
     np.testing.assert_allclose(out["gate_grid"], coarsest.permute(0, 2, 3, 1).flatten(1).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def _image_miou(prediction: np.ndarray, sample: dict, metadata) -> float:
+    """Mean over the classes in the image's ground truth of |pred & gt| / |pred | gt|, void and crowd
+    pixels left out: written out per class, independent of SemanticConfusion."""
+    contiguous = metadata.dataset_id_to_contiguous
+    id_map = sample["id_map"].numpy()
+    truth = np.full(id_map.shape, -1)
+    for segment in sample["segments_info"]:
+        if not segment.get("iscrowd", 0):
+            truth[id_map == segment["id"]] = contiguous[segment["category_id"]]
+    labelled = truth >= 0
+    ious = []
+    for cls in np.unique(truth[labelled]):
+        gt, pred = (truth == cls) & labelled, (prediction == cls) & labelled
+        ious.append((gt & pred).sum() / (gt | pred).sum())
+    return float(np.mean(ious))
 
 
 def test_a_failing_batch_comes_back_as_error_rows(random_parent, tmp_path):

@@ -3,6 +3,7 @@ the table-only estimate, the oracle, and bad input."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -10,6 +11,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from ecom2f import storage
 from ecom2f.data import collate_samples
@@ -26,13 +30,13 @@ from tests.steps.conftest import tiny_config
 # object_mask_threshold 0: a briefly trained tiny model keeps its low-confidence segments,
 # so PQ counts true positives as well as false ones.
 EVAL_OVERRIDES = ("model.test.object_mask_threshold=0.0", "evaluation.depths=[1,3,6]", "evaluation.num_actors=1",
-                  "evaluation.batch_size=2", "evaluation.tasks=[panoptic,semantic]")
+                  "evaluation.batch_size=2", "evaluation.tasks=[panoptic,semantic,instance]")
 GATE_EXITS = [2, 3, 4, 5, 6]
 
 
 @pytest.fixture(scope="module")
 def trained_state(tiny_data_root):
-    """A tiny parent overfitted for a few steps on the 4 validation images: PQ well above 0."""
+    """A tiny parent overfitted for 80 steps on the 4 validation images: PQ and mask AP well above 0."""
     config = tiny_config(tiny_data_root, tiny_data_root / "unused", *EVAL_OVERRIDES)
     dataset = validation_dataset(config)
     batch = collate_samples([dataset[i] for i in range(len(dataset))])
@@ -40,7 +44,7 @@ def trained_state(tiny_data_root):
     model = build_model(config.model)
     criterion = build_criterion(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    for step in range(20):
+    for step in range(80):
         pixels = normalize_batch(batch["images"], batch["padding_mask"], model)
         depths = [1 + (step + i) % 6 for i in range(pixels.shape[0])]  # every exit sees training
         loss = criterion(model.forward_raw(pixels, depth=depths), batch["targets"])["total"]
@@ -65,15 +69,18 @@ def _save_gate(folder: str, gate: Gate, channels: int, validation: dict) -> None
 
 
 def _direct_reference(model, dataset, depth_of_image):
-    """Independent of the job: one image at a time, its own ground-truth mapping, pq_single."""
+    """Independent of the job: one image at a time, its own ground-truth mapping, pq_single; the
+    dataset's mask AP by pycocotools directly and its mIoU from per-class pixel counts."""
     metadata = dataset.metadata
     categories = {i: {"isthing": int(c.isthing)} for i, c in enumerate(metadata.categories)}
     contiguous = {c.id: i for i, c in enumerate(metadata.categories)}
     total, per_image = PQStat(), []
+    coco_images, coco_truth, coco_detections = [], [], []
+    intersection, union, truth_pixels = (np.zeros(len(categories)) for _ in range(3))
     for index in range(len(dataset)):
         sample = dataset[index]
         depth = depth_of_image(index, sample)
-        (result,) = model.predict([sample["image"]], depth=depth, tasks=["panoptic"],
+        (result,) = model.predict([sample["image"]], depth=depth, tasks=["panoptic", "semantic", "instance"],
                                   output_sizes=[tuple(sample["id_map"].shape)])
         ids, segments = result["panoptic_seg"]
         gt = [{"id": s["id"], "category_id": contiguous[s["category_id"]], "iscrowd": s.get("iscrowd", 0)}
@@ -82,7 +89,52 @@ def _direct_reference(model, dataset, depth_of_image):
         total = total + stat
         pq = stat.summary(categories)["All"]["pq"]
         per_image.append({"depth": int(result["depth"]), "pq": 1.0 if math.isnan(pq) else pq, "stat": stat})
-    return total.summary(categories), per_image
+
+        id_map = sample["id_map"].numpy()
+        truth = np.full(id_map.shape, -1)
+        coco_images.append({"id": index + 1, "height": id_map.shape[0], "width": id_map.shape[1]})
+        for segment in gt:
+            mask = id_map == segment["id"]
+            if not segment["iscrowd"]:
+                truth[mask] = segment["category_id"]
+            if categories[segment["category_id"]]["isthing"]:
+                rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+                coco_truth.append({"id": len(coco_truth) + 1, "image_id": index + 1, "segmentation": rle,
+                                   "category_id": segment["category_id"], "iscrowd": int(segment["iscrowd"]),
+                                   "area": float(mask.sum()), "bbox": list(mask_utils.toBbox(rle))})
+        instances = result["instances"]
+        for mask, score, cls in zip(instances.masks.numpy(), instances.scores.tolist(), instances.classes.tolist()):
+            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            coco_detections.append({"id": len(coco_detections) + 1, "image_id": index + 1, "segmentation": rle,
+                                    "category_id": int(cls), "score": score, "area": float(mask.sum()),
+                                    "bbox": list(mask_utils.toBbox(rle))})
+        predicted = result["sem_seg"].argmax(0).numpy()
+        labelled = truth >= 0
+        for cls in range(len(categories)):
+            gt_cls, pred_cls = (truth == cls) & labelled, (predicted == cls) & labelled
+            intersection[cls] += (gt_cls & pred_cls).sum()
+            union[cls] += (gt_cls | pred_cls).sum()
+            truth_pixels[cls] += gt_cls.sum()
+    present = truth_pixels > 0  # mIoU averages over the classes in the ground truth
+    miou = float((intersection[present] / union[present]).mean())
+    return total.summary(categories), per_image, {"mask_ap": _coco_mask_ap(coco_images, coco_truth, coco_detections,
+                                                                           metadata.thing_classes), "miou": miou}
+
+
+def _coco_mask_ap(images, truth, detections, thing_classes) -> float:
+    categories = [{"id": c} for c in thing_classes]
+    ground = COCO()
+    ground.dataset = {"images": images, "annotations": truth, "categories": categories}
+    found = COCO()
+    found.dataset = {"images": images, "annotations": detections, "categories": categories}
+    with contextlib.redirect_stdout(io.StringIO()):
+        ground.createIndex()
+        found.createIndex()
+        evaluator = COCOeval(ground, found, iouType="segm")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return float(evaluator.stats[0])
 
 
 @pytest.mark.ray
@@ -98,7 +150,8 @@ def test_evaluation_on_ray_and_s3_matches_a_direct_computation(ray_cluster, s3_b
     dataset = validation_dataset(config)
     channels = config.model.pixel_decoder.conv_dim
 
-    # A planted-rule gate (one pooled feature, thresholded at its median over these images, sends
+    # A planted-rule gate (one pooled feature, thresholded halfway between its two middle values over
+    # these images, so no image sits on the threshold where rounding could flip it, sends
     # an image to exit 2 or 6: per-image depths differ) and one whose bias forces exit 3.
     feature_gate = Gate(channels, GateConfig(exits=GATE_EXITS, pooling="grid", grid_size=2)).eval()
     features = torch.cat([feature_gate.pool(_coarsest(model, _pixels(model, dataset[i])))
@@ -108,7 +161,9 @@ def test_evaluation_on_ray_and_s3_matches_a_direct_computation(ray_cluster, s3_b
     with torch.no_grad():
         feature_gate.head.weight.zero_()
         feature_gate.head.weight[:, column] = slope
-        feature_gate.head.bias.copy_(-slope * features[:, column].median())
+        ordered = features[:, column].sort().values
+        middle = len(ordered) // 2
+        feature_gate.head.bias.copy_(-slope * (ordered[middle - 1] + ordered[middle]) / 2)
     always_3 = Gate(channels, GateConfig(exits=GATE_EXITS)).eval()
     with torch.no_grad():
         always_3.head.weight.zero_()
@@ -121,7 +176,7 @@ def test_evaluation_on_ray_and_s3_matches_a_direct_computation(ray_cluster, s3_b
             return int(gate.depths(gate(gate.pool(_coarsest(model, _pixels(model, sample)))))[0])
 
     chosen = [gate_depth(dataset[i]) for i in range(len(dataset))]
-    gate_summary, gate_images = _direct_reference(model, dataset, lambda i, s: chosen[i])
+    gate_summary, gate_images, _ = _direct_reference(model, dataset, lambda i, s: chosen[i])
     estimate = {"pq": float(np.mean([r["pq"] for r in gate_images])), "mean_layers": float(np.mean(chosen))}
     _save_gate(storage.join(layout.gates, "layers_4.0"), feature_gate, channels, estimate)
     _save_gate(storage.join(layout.gates, "always_3"), always_3, channels, {"val_pq": 0.5, "val_layers": 3.0})
@@ -135,16 +190,20 @@ def test_evaluation_on_ray_and_s3_matches_a_direct_computation(ray_cluster, s3_b
     assert json.loads(storage.read_text(storage.join(layout.eval, "_SUCCESS.json")))["images"] == len(dataset)
 
     # Fixed depths: dataset PQ (all, things, stuff) equal to the direct computation.
-    references = {}
+    references, mask_aps = {}, []
     for depth in (1, 3, 6):
-        reference, images = _direct_reference(model, dataset, lambda i, s, d=depth: d)
+        reference, images, other = _direct_reference(model, dataset, lambda i, s, d=depth: d)
         references[depth] = images
         for group, column in (("All", "pq"), ("Things", "pq_things"), ("Stuff", "pq_stuff")):
             assert summary.loc[f"depth_{depth}", column] == pytest.approx(reference[group]["pq"], abs=1e-9)
+        # Mask AP (instances of the batched job vs pycocotools on one image at a time) and mIoU.
+        assert summary.loc[f"depth_{depth}", "mask_ap"] == pytest.approx(other["mask_ap"], abs=1e-6)
+        assert summary.loc[f"depth_{depth}", "miou"] == pytest.approx(other["miou"], abs=1e-9)
+        mask_aps.append(other["mask_ap"])
         assert summary.loc[f"depth_{depth}", "mean_encoder_gflops"] == pytest.approx(
             encoder_gflops(config.model, 64, 64, depth))
     assert summary.loc["depth_6", "pq"] > 0.05, "the trained tiny model should find some segments"
-    assert 0 <= summary.loc["depth_1", "miou"] <= 1
+    assert max(mask_aps) > 0.05, "the trained tiny model should find some instances"
 
     # The planted-rule gate: real per-image depths (batched) equal the gate's own choice image by image,
     # its PQ the direct one, and its table-only estimate agrees within 1e-9 (same images, same rule).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 
@@ -254,7 +255,7 @@ def test_search_recovers_a_planted_rule(loss, lr, tolerance):
     train, val = split_images(table.image_ids, 0.2, seed=0)
     trial = GateTrial(pooling="mean", hidden_layers=1, width=32, loss=loss, lr=lr, epochs=25, batch_size=64)
     reports = []
-    gate, metrics = train_gate(table, train, val, trial, lambda epoch, m, export: reports.append(m["val_pq"]))
+    gate, metrics = train_gate(table, train, val, trial, lambda epoch, m, export, state: reports.append(m["val_pq"]))
     fixed = reference_metrics(table, val, 0.0)
     best_fixed = max(value["pq"] for key, value in fixed.items() if key.startswith("fixed_"))
     assert metrics["oracle_pq"] == pytest.approx(0.8)
@@ -300,3 +301,61 @@ def test_gate_files_round_trip(tmp_path):
     torch.testing.assert_close(loaded(features), gate(features))
     with pytest.raises(storage.StorageNotFoundError, match="no gate at"):
         load_gate(str(tmp_path / "missing"))
+
+
+def test_a_resumed_trial_ends_exactly_where_an_uninterrupted_one_does():
+    """Stopped after epoch 3 and resumed from the reported state (through torch.save/load, as a
+    Tune checkpoint carries it), a trial with dropout gives bit-identical weights and metrics."""
+    torch.set_num_threads(1)
+    table = planted_table(600, shape="peak")
+    train, val = split_images(table.image_ids, 0.2, seed=0)
+    trial = GateTrial(pooling="mean_max", hidden_layers=1, width=16, dropout=0.3, epochs=6, batch_size=32, lr=3e-3)
+    full_gate, full_metrics = train_gate(table, train, val, trial)
+
+    saved = {}
+
+    def stop_after_3(epoch, metrics, export, training_state):
+        if epoch == 3:
+            buffer = io.BytesIO()
+            torch.save(training_state(), buffer)
+            saved["state"] = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+            return False
+        return None
+
+    train_gate(table, train, val, trial, stop_after_3)
+    epochs_run = []
+    resumed_gate, resumed_metrics = train_gate(table, train, val, trial,
+                                               lambda epoch, *_: epochs_run.append(epoch), resume=saved["state"])
+    assert epochs_run == [4, 5, 6]
+    for key, value in full_gate.state_dict().items():
+        assert torch.equal(resumed_gate.state_dict()[key], value), key
+    assert {k: v for k, v in resumed_metrics.items() if k != "seconds"} == \
+        {k: v for k, v in full_metrics.items() if k != "seconds"}
+    with pytest.raises(ValueError, match="training state to resume"):
+        train_gate(table, train, val, dataclasses.replace(trial, lr=1e-3), resume=saved["state"])
+
+
+def test_patience_stops_a_trial_that_no_longer_improves():
+    """With lr 0 nothing improves after epoch 1: patience 2 runs epochs 1-3 and stops."""
+    table = planted_table(400, shape="peak")
+    train, val = split_images(table.image_ids, 0.2, seed=0)
+    epochs = []
+    _, metrics = train_gate(table, train, val, GateTrial(lr=0.0, epochs=30, batch_size=64, patience=2),
+                            lambda epoch, *_: epochs.append(epoch))
+    assert epochs == [1, 2, 3] and metrics["epoch"] == 3
+    _, learning = train_gate(table, train, val, GateTrial(lr=3e-3, epochs=8, batch_size=64, patience=0))
+    assert learning["epoch"] == 8  # patience 0: every epoch
+    with pytest.raises(ValueError, match="patience"):
+        GateTrial(patience=-1)
+    with pytest.raises(ValueError, match="precision"):
+        GateTrial(precision="fp16")
+
+
+def test_bf16_training_recovers_the_planted_rule_too():
+    torch.set_num_threads(1)
+    table = planted_table(3000, shape="peak")
+    train, val = split_images(table.image_ids, 0.2, seed=0)
+    trial = GateTrial(pooling="mean", hidden_layers=1, width=32, lr=3e-3, epochs=25, batch_size=64, precision="bf16")
+    gate, metrics = train_gate(table, train, val, trial)
+    assert metrics["val_pq"] > metrics["oracle_pq"] - 0.03, metrics
+    assert all(p.dtype == torch.float32 for p in gate.parameters())  # the saved gate stays fp32

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,7 +23,8 @@ from ecom2f.steps.gate_data import split_images
 from ecom2f.steps.gate_search import realised_metrics
 from ecom2f.steps.gate_store import load_gate
 from ecom2f.steps.gate_tune import tune_gates
-from tests.steps.conftest import tiny_config
+from tests.conftest import REPO_ROOT
+from tests.steps.conftest import TINY_OVERRIDES, tiny_config
 from tests.steps.test_gate_search import planted_table, write_depth_table
 
 # "saturate": PQ 0.8 from the planted best exit on, 0.1 less per missing layer. beta 0 -> the
@@ -89,3 +96,54 @@ def test_cli_fails_early_without_a_depth_table(tmp_path):
     with pytest.raises(FileNotFoundError, match="run step 2 first"):
         args.func(args)
     assert not storage.exists(storage.join(str(tmp_path), "demo_cpu", "gates", "_SUCCESS.json"))
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_a_killed_search_resumes_with_tuner_restore(ray_cluster, tmp_path, caplog):
+    """The driver of a search is killed (SIGKILL) once trials have checkpoints; the rerun restores
+    the experiment (same trials), each unfinished trial continues from its checkpoint (its epoch
+    stays equal to Tune's iteration count), and the search completes."""
+    overrides = [*SEARCH, "gate.epochs=12", "gate.asha.grace_period=12", "gate.batch_size=32", "gate.patience=0",
+                 f"ray.address={ray_cluster.get_runtime_context().gcs_address}"]
+    config = tiny_config(tmp_path / "data", tmp_path / "runs", *overrides)
+    layout = config.storage.layout()
+    write_depth_table(planted_table(12_000, channels=config.model.pixel_decoder.conv_dim, shape="saturate"),
+                      layout.depth)
+    experiment = Path(layout.gates) / "tune"
+    command = [sys.executable, "-m", "ray_jobs.tune_gate", "--config", str(REPO_ROOT / "configs" / "demo_cpu.yaml"),
+               *TINY_OVERRIDES, f"data.root={tmp_path / 'data'}", f"storage.root={tmp_path / 'runs'}", *overrides]
+    driver = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (list(experiment.glob("experiment_state-*.json")) and list(experiment.glob("*/checkpoint_*"))):
+            assert driver.poll() is None, "the search ended before it could be interrupted"
+            assert time.monotonic() < deadline, "no trial checkpointed within 120 s"
+            time.sleep(0.05)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    trials_before = {path.name for path in experiment.iterdir() if path.is_dir()}
+    assert trials_before and not storage.exists(storage.join(layout.gates, "_SUCCESS.json"))
+    # checkpoint_00000k holds epoch k + 1; a trial with checkpoints but short of 12 epochs was cut off.
+    cut_off = [path.parent.name for path in experiment.glob("*/checkpoint_*")
+               if max(int(c.name.split("_")[1]) for c in path.parent.glob("checkpoint_*")) < 11]
+    assert cut_off, "the kill came after every checkpointed trial had finished"
+
+    with caplog.at_level(logging.INFO, logger="ecom2f.steps.gate_tune"):
+        tune_gates(config)
+    assert any("resuming the gate search" in record.getMessage() for record in caplog.records)
+    summary = json.loads(storage.read_text(storage.join(layout.gates, "_SUCCESS.json")))
+    assert summary["trials"] == 4 and summary["failed_trials"] == 0
+    trials_after = {path.name for path in experiment.iterdir() if path.is_dir()}
+    assert trials_before <= trials_after and len(trials_after) == 4  # the same trials, none started anew
+    results = pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(layout.gates, "results.parquet"))))
+    assert len(results) == 4 and results["error"].isna().all()
+    for trial_dir in experiment.iterdir():
+        if trial_dir.is_dir():
+            reports = pd.read_json(trial_dir / "result.json", lines=True)
+            # A trial restarted from scratch would report epoch 1 again at a later iteration.
+            assert (reports["epoch"] == reports["training_iteration"]).all(), trial_dir.name
+    for name in cut_off:  # the trials that were cut off ran to the end after the restore
+        assert pd.read_json(experiment / name / "result.json", lines=True)["epoch"].max() == 12, name
