@@ -11,6 +11,7 @@ row per (image, exit) and ``_SUCCESS.json`` is written last.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import logging
 import math
@@ -73,7 +74,9 @@ def build_depth_dataset(config: Config, fail_once: dict | None = None) -> str:
     """Step 2; returns the table's URI (``<run>/depth``). ``fail_once``: tests only, see ``FailOnceAtIndex``."""
     layout, weights_uri, num_images = _prepare(config)
     depth_uri = layout.depth
-    config_hash = depth_config_hash(config, weights_uri)
+    # The weights' contents, not only their path: a parent retrained into the same run must not
+    # pass for the one an existing table was computed with.
+    config_hash = depth_config_hash(config, weights_uri, hashlib.sha256(storage.read_bytes(weights_uri)).hexdigest())
     manifest_uri = storage.join(depth_uri, MANIFEST)
     if storage.exists(manifest_uri):
         manifest = json.loads(storage.read_text(manifest_uri))

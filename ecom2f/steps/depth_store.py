@@ -54,12 +54,14 @@ class DepthTableError(RuntimeError):
     """The depth table is not exactly one row per (image, exit), or belongs to another configuration."""
 
 
-def depth_config_hash(config, weights_uri: str) -> str:
-    """What the table's values depend on: model, parent weights, images, exits, features, shards."""
+def depth_config_hash(config, weights_uri: str, weights_sha256: str = "") -> str:
+    """What the table's values depend on: model, parent weights (where and what), images, exits,
+    features, shards."""
     relevant = {
         "schema": DEPTH_SCHEMA_VERSION,
         "model": config.model.model_dump(mode="json"),
         "weights": str(weights_uri),
+        "weights_sha256": weights_sha256,
         "dataset": config.depth.dataset or config.data.train,
         "data_root": config.data.root,
         "test_size": [config.data.test_min_size, config.data.test_max_size],

@@ -1,7 +1,9 @@
 """The whole of ECO-M2F in one call: parent -> depth table -> gates -> evaluation -> report.
 
 Each step is skipped when its artifact is complete, so rerunning after an interruption (or
-with a step's output deleted) resumes where the run stopped:
+with a step's output deleted) resumes where the run stopped. A step that has to run while a
+later step is complete is refused before any work (the later artifact came from the output
+the step would replace); delete the later folders or use another run:
 
 | step | complete when |
 |---|---|
@@ -105,6 +107,23 @@ def summary_table(summary: pd.DataFrame) -> str:
     return frame.to_string(index=False, na_rep="-")
 
 
+def _check_no_stale_artifacts(steps: tuple[Step, ...], complete: list[bool], config: Config) -> None:
+    """Before any work: a step that will run must not have complete steps after it, whose artifacts
+    were made from the output it is about to replace (e.g. gates of a parent trained again)."""
+    if all(complete):
+        return
+    first = complete.index(False)
+    stale = [step for step, done in zip(steps[first + 1:], complete[first + 1:]) if done]
+    if stale:
+        folders = ", ".join(step.marker(config).rsplit("/", 1)[0] for step in stale)  # the artifacts' folders
+        raise RuntimeError(
+            f"step {steps[first].name} has no artifact ({steps[first].marker(config)}) but the later "
+            f"step(s) {[step.name for step in stale]} are complete: they were made from an earlier "
+            f"{steps[first].name} and would not match the new one. Delete {folders} to recompute them, "
+            f"or use another storage.run"
+        )
+
+
 def run_pipeline(config: Config, steps: tuple[Step, ...] = STEPS, echo: Callable[[str], None] = print) -> PipelineResult:
     """Runs every step whose artifact is missing, in order; prints the summary table at the end.
 
@@ -115,10 +134,12 @@ def run_pipeline(config: Config, steps: tuple[Step, ...] = STEPS, echo: Callable
     config = absolute_local_paths(config)  # every step's Ray workers see the same folders
     storage.preflight(config.storage.layout().run_uri)
     config.storage.layout().create()
+    complete = [storage.exists(step.marker(config)) for step in steps]
+    _check_no_stale_artifacts(steps, complete, config)
     result = PipelineResult()
-    for step in steps:
+    for step, done in zip(steps, complete):
         marker = step.marker(config)
-        if storage.exists(marker):
+        if done:
             echo(f"[pipeline] {step.name}: complete ({marker}), skipped")
             result.skipped.append(step.name)
             continue

@@ -78,6 +78,13 @@ def test_interrupted_run_resumes_exactly_on_s3(ray_cluster, s3_bucket, tiny_data
                         "depth.gate_feature_grid=2", "gate.grid_sizes=[2]")
     with pytest.raises(DepthTableError, match="another configuration"):
         build_depth_dataset(other)
+    # A parent retrained into the same run (same path, other weights) is another configuration too.
+    torch.manual_seed(1)
+    buffer = io.BytesIO()
+    torch.save(build_model(config.model).state_dict(), buffer)
+    storage.write_bytes(storage.join(layout.parent, "model_final.pth"), buffer.getvalue())
+    with pytest.raises(DepthTableError, match="another configuration"):
+        build_depth_dataset(config)
 
 
 def test_verification_catches_gaps_and_duplicates():

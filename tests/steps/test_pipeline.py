@@ -58,10 +58,24 @@ def test_interrupted_run_resumes_and_complete_run_skips_everything(s3_bucket, ti
     result = run_pipeline(config, _recording_steps(calls), echo=lambda _: None)
     assert calls == [] and result.skipped == [s.name for s in STEPS]
 
-    # Deleting one artifact reruns that step only.
-    storage.delete(STEPS[3].marker(config))
+    # Deleting the last artifact reruns that step only.
+    storage.delete(STEPS[4].marker(config))
     run_pipeline(config, _recording_steps(calls), echo=lambda _: None)
-    assert calls == ["evaluate"]
+    assert calls == ["report"]
+
+    # A step to redo under complete later steps (a parent to train again under its old gates) is
+    # refused before anything runs, naming the stale folders.
+    calls.clear()
+    storage.delete(STEPS[0].marker(config))
+    layout = config.storage.layout()
+    with pytest.raises(RuntimeError, match=r"step parent has no artifact .* \['depth', 'gates', 'evaluate', "
+                                           r"'report'\] are complete.*Delete .*/depth, .*/gates, .*/eval, .*/report"):
+        run_pipeline(config, _recording_steps(calls), echo=lambda _: None)
+    assert calls == []
+    for folder in (layout.depth, layout.gates, layout.eval, layout.report):
+        storage.delete(folder, recursive=True)
+    run_pipeline(config, _recording_steps(calls), echo=lambda _: None)
+    assert calls == [step.name for step in STEPS]
 
 
 def test_a_step_that_does_not_write_its_artifact_fails(tiny_data_root, tmp_path):
