@@ -72,6 +72,11 @@ DatasetRef = Annotated[
 ]
 
 
+def dataset_spec(ref: str | DatasetSpec) -> str | dict:
+    """What ``ecom2f.data.build_dataset`` takes, and JSON can hold: the name, or the spec as a dict."""
+    return ref.as_spec() if isinstance(ref, DatasetSpec) else ref
+
+
 class SyntheticDataConfig(Section):
     """Generate the synthetic panoptic set under ``<data.root>/synthetic/{train,val}`` if absent."""
 

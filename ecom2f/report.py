@@ -20,6 +20,7 @@ import pandas as pd
 
 from ecom2f import storage
 from ecom2f.config import Config
+from ecom2f.config_sections import dataset_spec
 from ecom2f.report_plots import depth_histogram_figure, difficulty_figure, pareto_figure
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ def write_report(config: Config, summary: pd.DataFrame | None = None, per_image:
     depth_rows = _load_depth_rows(config) if depth_rows is None else depth_rows
     out = layout.report
     sections = [f"# ECO-M2F report: run `{config.storage.run}`", "",
-                f"Validation split `{config.data.val}`, {int(summary['images'].max())} images. "
+                f"Validation split `{_dataset_name(config.data.val)}`, {int(summary['images'].max())} images. "
                 "PQ is COCO's dataset PQ; `table est. PQ` is step 3's estimate of the gate from the depth "
                 "table alone: the mean per-image PQ at the exits it picks, on step 3's held-out training "
                 "images, so compare it with `mean image PQ` (same statistic, validation images); "
@@ -175,3 +176,9 @@ def _has_tabulate() -> bool:
     except ImportError:
         return False
     return True
+
+
+def _dataset_name(ref) -> str:
+    """A registered name as is; an explicit spec as its format and image folder."""
+    spec = dataset_spec(ref)
+    return spec if isinstance(spec, str) else f"{spec['format']} at {spec['image_root']}"

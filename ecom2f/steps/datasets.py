@@ -8,6 +8,7 @@ import os
 import shutil
 
 from ecom2f.config import Config
+from ecom2f.config_sections import dataset_spec
 from ecom2f.data import build_dataset, build_transform, data_root
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def _recorded_settings(json_path: str) -> dict | None:
 def training_dataset(config: Config):
     """The augmented training split (``data.train``) with the run's bad-input policy."""
     return build_dataset(
-        config.data.train,
+        dataset_spec(config.data.train),
         strict=config.data.strict,
         max_bad_fraction=config.data.max_bad_fraction,
         transform=build_transform(config.data.recipe, **config.data.train_transform_kwargs()),

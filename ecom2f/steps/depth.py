@@ -22,6 +22,7 @@ import numpy as np
 
 from ecom2f import storage
 from ecom2f.config import Config
+from ecom2f.config_sections import dataset_spec
 from ecom2f.steps.depth_evaluator import AllExitsEvaluator, depth_dataset
 from ecom2f.steps.depth_labels import derive_labels, format_labels_summary, label_histogram, labels_summary
 from ecom2f.steps.depth_store import (
@@ -99,7 +100,7 @@ def build_depth_dataset(config: Config, fail_once: dict | None = None) -> str:
         "schema_version": DEPTH_SCHEMA_VERSION, "config_hash": config_hash, "num_images": num_images,
         "num_rows": len(rows), "exits": exits, "num_shards": num_shards, "shard_size": shard_size,
         "gate_feature_grid": config.depth.gate_feature_grid, "channels": config.model.pixel_decoder.conv_dim,
-        "weights_uri": weights_uri, "dataset": config.depth.dataset or config.data.train,
+        "weights_uri": weights_uri, "dataset": dataset_spec(config.depth.dataset or config.data.train),
         "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     storage.write_text(manifest_uri, json.dumps(manifest, indent=2))

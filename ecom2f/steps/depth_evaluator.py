@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ecom2f.config import Config, config_from_dict
+from ecom2f.config_sections import dataset_spec
 from ecom2f.data.sample import semantic_label_map
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def depth_dataset(config: Config):
     from ecom2f.data import build_dataset
 
     return build_dataset(
-        config.depth.dataset or config.data.train,
+        dataset_spec(config.depth.dataset or config.data.train),
         strict=config.data.strict,
         max_bad_fraction=config.data.max_bad_fraction,
         transform=step2_resize(config.data.test_min_size, config.data.test_max_size),

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ecom2f import storage
+from ecom2f.config_sections import dataset_spec
 
 __all__ = [
     "DEPTH_SCHEMA_VERSION", "ROWS_SCHEMA", "FEATURES_SCHEMA", "MANIFEST", "DepthTableError",
@@ -62,7 +63,7 @@ def depth_config_hash(config, weights_uri: str, weights_sha256: str = "") -> str
         "model": config.model.model_dump(mode="json"),
         "weights": str(weights_uri),
         "weights_sha256": weights_sha256,
-        "dataset": config.depth.dataset or config.data.train,
+        "dataset": dataset_spec(config.depth.dataset or config.data.train),
         "data_root": config.data.root,
         "test_size": [config.data.test_min_size, config.data.test_max_size],
         "exits": config.depth_exits,

@@ -24,6 +24,7 @@ import pandas as pd
 
 from ecom2f import storage
 from ecom2f.config import Config, config_from_dict
+from ecom2f.config_sections import dataset_spec
 from ecom2f.steps.evaluate_images import (
     categories_of,
     load_chosen_gate,
@@ -194,7 +195,7 @@ def evaluate(config: Config, force: bool = False) -> str:
                        summary.to_json(orient="records", indent=2))
     storage.write_text(storage.join(layout.eval, SUCCESS), json.dumps(
         {"images": len(dataset), "variants": sorted(rows["variant"].unique().tolist()), "wall_seconds": wall,
-         "dataset": str(config.data.val), "weights": weights_uri}, indent=2))
+         "dataset": dataset_spec(config.data.val), "weights": weights_uri}, indent=2))
     log.info("evaluation written to %s in %.1f s", layout.eval, wall)
     return layout.eval
 

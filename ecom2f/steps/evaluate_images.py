@@ -21,6 +21,7 @@ import torch
 
 from ecom2f import storage
 from ecom2f.config import Config
+from ecom2f.config_sections import dataset_spec
 from ecom2f.data import build_dataset
 from ecom2f.data.sample import semantic_label_map
 from ecom2f.data.transforms import inference_resize
@@ -46,7 +47,7 @@ def validation_dataset(config: Config, dataset=None):
     """The evaluation split at test resolution; ground truth stays at the original size."""
     transform = inference_resize(config.data.test_min_size, config.data.test_max_size)
     return build_dataset(
-        dataset or config.data.val,
+        dataset_spec(dataset or config.data.val),
         strict=config.data.strict,
         max_bad_fraction=config.data.max_bad_fraction,
         transform=transform,

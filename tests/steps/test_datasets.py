@@ -39,3 +39,19 @@ def test_synthetic_splits_are_reused_and_regenerated_when_their_settings_change(
     os.remove(val_json)
     ensure_synthetic_data(tiny_config(tmp_path, tmp_path / "runs", "data.synthetic.num_train=5", *sizes))
     assert len(_split(tmp_path, "val")["images"]) == 2
+
+
+def test_a_dataset_given_as_a_spec_in_the_config_loads(tiny_data_root):
+    """data.val / depth.dataset may be an explicit spec instead of a registered name."""
+    from ecom2f.steps.depth_evaluator import depth_dataset
+    from ecom2f.steps.evaluate_images import validation_dataset
+
+    split = tiny_data_root / "synthetic" / "val"
+    spec = (f"{{format: coco_panoptic, image_root: {split / 'images'}, json: {split / 'panoptic.json'}, "
+            f"png_root: {split / 'panoptic'}}}")
+    config = tiny_config(tiny_data_root, tiny_data_root / "runs", f"data.val={spec}", f"depth.dataset={spec}")
+    by_name = validation_dataset(tiny_config(tiny_data_root, tiny_data_root / "runs"))
+    for dataset in (validation_dataset(config), depth_dataset(config)):
+        assert len(dataset) == len(by_name) == 4
+        assert dataset[0]["image_id"] == by_name[0]["image_id"]
+        assert (dataset[0]["id_map"] == by_name[0]["id_map"]).all()
