@@ -28,6 +28,8 @@ def add_commands(subparsers) -> None:
     add_config_arguments(parser)
     parser.add_argument("--betas", type=float, nargs="+", help="trade-offs (default: gate.betas)")
     parser.add_argument("--cost", choices=("layers", "gflops"), default="layers")
+    parser.add_argument("--quality", choices=("pq", "miou", "sq", "rq", "pq_things", "pq_stuff"), default="pq",
+                        help="the per-image quality q_k traded against cost (miou: datasets with semantic labels)")
     parser.set_defaults(func=_depth_labels)
 
 
@@ -44,7 +46,13 @@ def _depth_labels(args) -> int:
 
     config = load_run_config(args)
     rows, _ = load_depth_table(config.storage.layout().depth)
-    summary = labels_summary(rows, args.betas or config.gate.betas, cost=args.cost, exits=config.model.gate.exits)
+    if rows[args.quality].isna().all():
+        from ecom2f.config_errors import ConfigError
+
+        raise ConfigError(f"--quality {args.quality}: the depth table has no {args.quality} values "
+                         "(miou needs a dataset with semantic labels); pick another quality")
+    summary = labels_summary(rows, args.betas or config.gate.betas, cost=args.cost, exits=config.model.gate.exits,
+                             quality=args.quality)
     print(format_labels_summary(summary))
     return 0
 

@@ -113,3 +113,41 @@ def test_derivation_at_coco_scale_is_fast():
         q = table["pq"].to_numpy()[image * 5 : image * 5 + 5].astype(np.float64) - 0.01 * exits
         assert labels.loc[image, "label"] == exits[int(np.argmax(q))]
     assert elapsed < 0.5, f"derive_labels took {elapsed:.3f} s for 118k x 5"
+
+
+def test_depth_labels_command_trades_off_the_chosen_quality(tmp_path, capsys):
+    """``ecom2f depth-labels`` on a written table: PQ and mIoU give the labels worked out by hand."""
+    from ecom2f import storage
+    from ecom2f.steps import depth_cli
+    from ecom2f.steps.depth_store import shard_tables, write_shard
+    from tests.conftest import REPO_ROOT
+
+    exits = [2, 3, 4, 5, 6]
+    pq = np.array([[0.5] * 5, [0.1, 0.9, 0.1, 0.1, 0.1]], np.float32)     # beta 0: exits 2 and 3
+    miou = np.array([[0.1, 0.2, 0.3, 0.4, 0.9], [0.5] * 5], np.float32)  # beta 0: exits 6 and 2
+    per_exit = lambda value: np.full((2, 5), value, np.float32)  # noqa: E731
+    images = {
+        "index": np.array([0, 1]), "image_id": np.array([10, 11]), "height": np.array([64, 64], np.int32),
+        "width": np.array([64, 64], np.int32), "num_gt_segments": np.array([3, 3], np.int32),
+        "difficulty": np.array([0.1, 0.9], np.float32), "loss": per_exit(1.0), "pq": pq, "sq": pq, "rq": pq,
+        "pq_things": pq, "pq_stuff": pq, "miou": miou, "encoder_gflops": np.tile(np.float32(exits), (2, 1)),
+        "num_pred_segments": np.full((2, 5), 3, np.int32),
+        "gate_mean": np.zeros((2, 4), np.float32), "gate_max": np.zeros((2, 4), np.float32),
+        "gate_grid": np.zeros((2, 16), np.float32),
+    }
+    demo = str(REPO_ROOT / "configs" / "demo_cpu.yaml")
+    run = storage.join(str(tmp_path), "demo_cpu")
+    write_shard(storage.join(run, "depth"), 0, *shard_tables(images, exits), config_hash="crafted")
+    common = ["depth-labels", "--config", demo, "--storage", str(tmp_path), "--betas", "0"]
+
+    assert depth_cli.main(common) == 0
+    by_pq = capsys.readouterr().out
+    assert "mean_pq" in by_pq and "2.500" in by_pq
+    assert depth_cli.main([*common, "--quality", "miou"]) == 0
+    by_miou = capsys.readouterr().out
+    assert "mean_miou" in by_miou and "4.000" in by_miou
+
+    images["miou"] = np.full((2, 5), np.nan, np.float32)  # an instance-only dataset: no mIoU
+    write_shard(storage.join(run, "depth"), 0, *shard_tables(images, exits), config_hash="crafted")
+    assert depth_cli.main([*common, "--quality", "miou"]) == 2
+    assert "has no miou values" in capsys.readouterr().err
