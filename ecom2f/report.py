@@ -67,6 +67,28 @@ def oracle_vs_fixed(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def gates_vs_fixed(summary: pd.DataFrame) -> pd.DataFrame:
+    """For each gate: the fixed-depth curve's PQ at the gate's mean layers, and ``gate - curve``.
+
+    The curve is what fixed depths alone realise at that mean cost: the best fixed depth at that
+    many layers or fewer, or the straight line between two adjacent fixed depths (sending each
+    image to one or the other realises any cost between them). A positive margin is what the
+    gate's per-image choice adds over choosing by cost alone.
+    """
+    fixed = summary[summary["kind"] == "fixed"].sort_values("mean_layers")
+    x, y = fixed["mean_layers"].to_numpy(float), fixed["pq"].to_numpy(float)
+    rows = []
+    for _, row in summary[summary["kind"] == "gate"].iterrows():
+        cost = row["mean_layers"]
+        candidates = list(y[x <= cost + 1e-9])
+        if len(x) and x[0] - 1e-9 <= cost <= x[-1] + 1e-9:
+            candidates.append(float(np.interp(cost, x, y)))
+        curve = max(candidates) if candidates else np.nan
+        rows.append({"variant": row["variant"], "mean_layers": cost, "gate_pq": row["pq"],
+                     "fixed_curve_pq_at_equal_layers": curve, "margin": row["pq"] - curve})
+    return pd.DataFrame(rows)
+
+
 def oracle_beats_fixed(comparison: pd.DataFrame) -> bool:
     """True when the oracle is strictly better than every fixed depth but the shallowest (a tie
     by construction, see :func:`oracle_vs_fixed`) at equal mean layers."""
@@ -148,7 +170,14 @@ def write_report(config: Config, summary: pd.DataFrame | None = None, per_image:
         sections += [f"Oracle vs fixed depth at equal mean layers (oracle beats every deeper fixed depth: "
                      f"**{'yes' if beats else 'no'}**):", "",
                      comparison.to_markdown(index=False, floatfmt=".4f") if _has_tabulate() else
-                     "```\n" + comparison.to_string(index=False) + "\n```", ""]
+                     "```\n" + comparison.to_string(index=False, float_format=lambda v: f"{v:.4f}") + "\n```", ""]
+
+    gates = gates_vs_fixed(summary)
+    if not gates.empty:
+        sections += ["Gates vs the fixed-depth curve at equal mean layers (margin > 0: the gate's per-image "
+                     "choice beats choosing the depth by cost alone):", "",
+                     gates.to_markdown(index=False, floatfmt=".4f") if _has_tabulate() else
+                     "```\n" + gates.to_string(index=False, float_format=lambda v: f"{v:.4f}") + "\n```", ""]
 
     if depth_rows is not None and len(depth_rows):
         derive_labels = _derive_labels()

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from ecom2f import storage
-from ecom2f.report import oracle_beats_fixed, oracle_vs_fixed, summary_markdown, write_report
+from ecom2f.report import gates_vs_fixed, oracle_beats_fixed, oracle_vs_fixed, summary_markdown, write_report
 from ecom2f.report_plots import FIXED_LABEL, ORACLE_LABEL, depth_histogram_figure, difficulty_figure, pareto_figure
 from tests.steps.conftest import tiny_config
 
@@ -103,6 +103,18 @@ def test_histogram_and_difficulty_figures_hold_the_derived_labels():
     np.testing.assert_allclose(lines["ideal exit, beta=0.2"].get_ydata(), 2.0)
 
 
+def test_gates_compare_with_the_fixed_depth_curve_at_their_mean_cost():
+    summary = _summary()
+    deep = summary[summary["variant"] == "layers_3.0"].assign(variant="layers_4.0", pq=0.40, mean_layers=4.0)
+    comparison = gates_vs_fixed(pd.concat([summary, deep])).set_index("variant")
+    # 2.9 layers: between depth 2 (.36) and depth 3 (.40) -> .396; the gate's .41 is .014 above it.
+    assert comparison.loc["layers_3.0", "fixed_curve_pq_at_equal_layers"] == pytest.approx(0.396)
+    assert comparison.loc["layers_3.0", "margin"] == pytest.approx(0.014)
+    # Exactly 4 layers: depth 4's .42; the gate's .40 is below the curve.
+    assert comparison.loc["layers_4.0", "margin"] == pytest.approx(-0.02)
+    assert gates_vs_fixed(summary[summary["kind"] != "gate"]).empty
+
+
 def test_write_report_on_s3(s3_bucket, tiny_data_root):
     config = tiny_config(tiny_data_root, f"{s3_bucket}/runs", "storage.run=report", "gate.betas=[0.0,0.2]")
     rows, _ = _depth_rows()
@@ -116,6 +128,7 @@ def test_write_report_on_s3(s3_bucket, tiny_data_root):
     assert storage.exists(storage.join(out, "_SUCCESS.json"))
     text = storage.read_text(uri)
     assert "oracle beats every deeper fixed depth: **yes**" in text
+    assert "Gates vs the fixed-depth curve at equal mean layers" in text and "0.0140" in text
     assert "| layers_3.0 | gate | 41.00 |" in text and "| 43.00 | -2.00 |" in text
     assert "![PQ vs encoder GFLOPs](pareto.png)" in text and "beta 0.2: 2.00" in text
 
