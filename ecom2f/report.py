@@ -42,6 +42,15 @@ def _derive_labels():
     return derive_labels
 
 
+def _best_at_cost(x: np.ndarray, y: np.ndarray, cost: float) -> float:
+    """The best PQ a curve of points ``(x [n] mean layers ascending, y [n] PQ)`` realises at ``cost``:
+    a point at that cost or cheaper, or the straight line between two neighbours; NaN if none."""
+    candidates = list(y[x <= cost + 1e-9])
+    if len(x) and x[0] - 1e-9 <= cost <= x[-1] + 1e-9:
+        candidates.append(float(np.interp(cost, x, y)))
+    return max(candidates) if candidates else np.nan
+
+
 def oracle_vs_fixed(summary: pd.DataFrame) -> pd.DataFrame:
     """For each fixed depth: the oracle's best PQ at the same mean layer count or fewer, and the
     margin ``oracle - fixed``.
@@ -58,10 +67,7 @@ def oracle_vs_fixed(summary: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, row in fixed.iterrows():
         cost = row["mean_layers"]
-        candidates = list(y[x <= cost + 1e-9])
-        if len(x) and x[0] - 1e-9 <= cost <= x[-1] + 1e-9:
-            candidates.append(float(np.interp(cost, x, y)))
-        oracle = max(candidates) if candidates else np.nan
+        oracle = _best_at_cost(x, y, cost)
         rows.append({"variant": row["variant"], "mean_layers": cost, "fixed_pq": row["pq"],
                      "oracle_pq_at_equal_layers": oracle, "margin": oracle - row["pq"]})
     return pd.DataFrame(rows)
@@ -80,10 +86,7 @@ def gates_vs_fixed(summary: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, row in summary[summary["kind"] == "gate"].iterrows():
         cost = row["mean_layers"]
-        candidates = list(y[x <= cost + 1e-9])
-        if len(x) and x[0] - 1e-9 <= cost <= x[-1] + 1e-9:
-            candidates.append(float(np.interp(cost, x, y)))
-        curve = max(candidates) if candidates else np.nan
+        curve = _best_at_cost(x, y, cost)
         rows.append({"variant": row["variant"], "mean_layers": cost, "gate_pq": row["pq"],
                      "fixed_curve_pq_at_equal_layers": curve, "margin": row["pq"] - curve})
     return pd.DataFrame(rows)

@@ -37,15 +37,13 @@ def ensure_synthetic_data(config: Config) -> None:
         recorded = _recorded_settings(os.path.join(out, "panoptic.json"))  # written last: present = complete
         if recorded == wanted:
             continue
-        if recorded is None and not os.path.exists(out):
-            generate(out, num_images=count, image_size=synthetic.image_size, seed=seed)
-            continue
-        log.info("regenerating %s: it holds %s, data.synthetic asks for %s", out, recorded, wanted)
-        staging = f"{out}.generating-{os.getpid()}"
+        if os.path.exists(out):
+            log.info("regenerating %s: it holds %s, data.synthetic asks for %s", out, recorded, wanted)
+        staging, retired = f"{out}.generating-{os.getpid()}", f"{out}.old-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         generate(staging, num_images=count, image_size=synthetic.image_size, seed=seed)
-        retired = f"{out}.old-{os.getpid()}"
-        os.replace(out, retired)
+        if os.path.exists(out):
+            os.replace(out, retired)
         os.replace(staging, out)
         shutil.rmtree(retired, ignore_errors=True)
 

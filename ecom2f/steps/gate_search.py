@@ -277,7 +277,8 @@ def train_gate(table: GateTable, train_rows: np.ndarray, val_rows: np.ndarray, t
         optimizer.load_state_dict(resume["optimizer"])
         generator.set_state(resume["generator"])
         torch.set_rng_state(resume["torch_rng"])
-        first_epoch, seconds_before, metrics = resume["epoch"] + 1, resume["seconds"], resume["metrics"]
+        first_epoch, metrics = resume["epoch"] + 1, resume["metrics"]
+        seconds_before = metrics["seconds"]
     labels = derive_labels(table, trial.beta, trial.cost)
     oracle = reference_metrics(table, val_rows, trial.beta, trial.cost)["oracle"]
     steps_per_epoch = math.ceil(len(train_index) / trial.batch_size)
@@ -317,7 +318,7 @@ def train_gate(table: GateTable, train_rows: np.ndarray, val_rows: np.ndarray, t
 
         def training_state(epoch=epoch, metrics=metrics, best_gap=best_gap, stale=stale) -> dict:
             return {"trial": dataclasses.asdict(trial), "epoch": epoch, "metrics": dict(metrics),
-                    "seconds": metrics["seconds"], "gate": copy.deepcopy(gate.state_dict()),
+                    "gate": copy.deepcopy(gate.state_dict()),
                     "optimizer": copy.deepcopy(optimizer.state_dict()), "generator": generator.get_state(),
                     "torch_rng": torch.get_rng_state(), "best_gap": best_gap, "stale_epochs": stale}
 

@@ -27,6 +27,14 @@ EXITS = [1, 2, 3, 4, 5, 6]
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.timeout(300)
+def _save_random_parent(config, seed: int) -> None:
+    """A parent of random weights (``torch.manual_seed(seed)``) as the run's ``model_final.pth``."""
+    torch.manual_seed(seed)
+    buffer = io.BytesIO()
+    torch.save(build_model(config.model).state_dict(), buffer)
+    storage.write_bytes(storage.join(config.storage.layout().parent, "model_final.pth"), buffer.getvalue())
+
+
 def test_interrupted_run_resumes_exactly_on_s3(ray_cluster, s3_bucket, tiny_data_root, tmp_path):
     # 8 images, shards of 3: [0, 1, 2], [3, 4, 5], [6, 7]; batches of 2; one actor at 0.5 CPU.
     config = tiny_config(tiny_data_root, f"{s3_bucket}/runs", "storage.run=depth_job", "depth.shard_size=3",
@@ -34,10 +42,7 @@ def test_interrupted_run_resumes_exactly_on_s3(ray_cluster, s3_bucket, tiny_data
     layout = config.storage.layout()
     with pytest.raises(FileNotFoundError, match="run step 1 first"):
         build_depth_dataset(config)
-    torch.manual_seed(0)
-    buffer = io.BytesIO()
-    torch.save(build_model(config.model).state_dict(), buffer)
-    storage.write_bytes(storage.join(layout.parent, "model_final.pth"), buffer.getvalue())
+    _save_random_parent(config, seed=0)
 
     marker = tmp_path / "failed"
     with pytest.raises(RuntimeError, match=r"shards \[1\] are incomplete.*injected failure.*rerun"):
@@ -79,10 +84,7 @@ def test_interrupted_run_resumes_exactly_on_s3(ray_cluster, s3_bucket, tiny_data
     with pytest.raises(DepthTableError, match="another configuration"):
         build_depth_dataset(other)
     # A parent retrained into the same run (same path, other weights) is another configuration too.
-    torch.manual_seed(1)
-    buffer = io.BytesIO()
-    torch.save(build_model(config.model).state_dict(), buffer)
-    storage.write_bytes(storage.join(layout.parent, "model_final.pth"), buffer.getvalue())
+    _save_random_parent(config, seed=1)
     with pytest.raises(DepthTableError, match="another configuration"):
         build_depth_dataset(config)
 
