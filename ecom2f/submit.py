@@ -8,7 +8,7 @@ provides the environment and the compiled op; the uploaded copy provides the cod
 docs/cluster.md).
 
 Everything here is a plain function over a ``JobSubmissionClient`` so tests can drive it
-against a real local head; ``ecom2f.submit_cli`` is the command.
+against a real local head; ``ecom2f.cli.submit`` is the command.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from urllib.parse import urlparse
 
 import yaml
 
+from ecom2f.errors import UserError
+
 # Keys of a Ray runtime environment that a cluster job of ecom2f may set. Others (pip,
 # conda, container) would rebuild the environment the image already provides: rejected,
 # so a typo or a stray `pip:` cannot silently install another torch on every node.
@@ -33,7 +35,7 @@ TERMINAL_STATUSES = ("SUCCEEDED", "FAILED", "STOPPED")
 DEFAULT_RUNTIME_ENV = os.path.join("cluster", "runtime_env.yaml")
 
 
-class SubmitError(ValueError):
+class SubmitError(UserError, ValueError):
     """Bad input to ``ecom2f submit``: the message names the value and what to do."""
 
 

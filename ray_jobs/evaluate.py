@@ -1,8 +1,7 @@
-"""``python -m ray_jobs.evaluate --config C [--storage URI] [key=value ...]`` (same as ``ecom2f evaluate``)."""
-
+"""``python -m ray_jobs.evaluate ...``: ``ecom2f evaluate ...`` as a Ray job's entry point."""
 import sys
 
-from ecom2f.steps.pipeline_cli import run_command
+from ecom2f.cli import main
 
 if __name__ == "__main__":
-    sys.exit(run_command("evaluate", sys.argv[1:]))
+    sys.exit(main(["evaluate", *sys.argv[1:]]))

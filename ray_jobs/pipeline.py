@@ -1,8 +1,7 @@
-"""``python -m ray_jobs.pipeline --config C [--storage URI] [key=value ...]`` (same as ``ecom2f pipeline``)."""
-
+"""``python -m ray_jobs.pipeline ...``: ``ecom2f pipeline ...`` as a Ray job's entry point."""
 import sys
 
-from ecom2f.steps.pipeline_cli import run_command
+from ecom2f.cli import main
 
 if __name__ == "__main__":
-    sys.exit(run_command("pipeline", sys.argv[1:]))
+    sys.exit(main(["pipeline", *sys.argv[1:]]))

@@ -1,5 +1,4 @@
-"""Step 1 on Ray: ``python -m ray_jobs.train_parent --config C [--storage URI] [key=value ...]``."""
-
+"""``python -m ray_jobs.train_parent ...``: ``ecom2f train-parent ...`` as a Ray job's entry point."""
 import sys
 
 from ecom2f.cli import main

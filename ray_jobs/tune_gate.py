@@ -1,5 +1,4 @@
-"""Step 3 on Ray: ``python -m ray_jobs.tune_gate --config C [--storage URI] [key=value ...]``."""
-
+"""``python -m ray_jobs.tune_gate ...``: ``ecom2f tune-gate ...`` as a Ray job's entry point."""
 import sys
 
 from ecom2f.cli import main

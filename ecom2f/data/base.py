@@ -18,14 +18,7 @@ from typing import Callable
 import torch
 
 from ecom2f.data.metadata import DatasetMetadata
-from ecom2f.data.problems import (
-    DataProblemError,
-    Problem,
-    ProblemKind,
-    Severity,
-    TooManyBadSamplesError,
-    first_error,
-)
+from ecom2f.data.problems import DataProblemError, Problem, ProblemKind, Severity, TooManyBadSamplesError, first_error
 
 DEFAULT_MAX_BAD_FRACTION = 0.05
 # A lenient dataset gives up after this many bad samples in a row (then nearly all

@@ -1,15 +1,15 @@
 """Reading dataset files from a local directory or an ``s3://`` root.
 
 Local paths use the file system directly; ``s3://bucket/prefix`` roots go through
-``pyarrow.fs.S3FileSystem``. pyarrow's S3FileSystem ignores ``AWS_ENDPOINT_URL``, so
-it is passed as ``endpoint_override`` here (MinIO, moto, on-premises S3).
+``pyarrow.fs.S3FileSystem``, with the endpoint, region and retries resolved the way every
+other S3 access of ecom2f resolves them (:mod:`ecom2f.storage.s3`: ``AWS_ENDPOINT_URL_S3``,
+then ``AWS_ENDPOINT_URL``, which pyarrow itself ignores).
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
-from functools import lru_cache
 from pathlib import Path
 
 
@@ -25,27 +25,25 @@ def join(root: str | os.PathLike, *parts: str) -> str:
     return os.path.join(root, *parts)
 
 
-@lru_cache(maxsize=8)
-def _s3_filesystem(endpoint: str | None, region: str | None):
-    from pyarrow import fs
-
-    kwargs = {}
-    if endpoint:
-        kwargs["endpoint_override"] = endpoint
-        if endpoint.startswith("http://"):
-            kwargs["scheme"] = "http"
-    if region:
-        kwargs["region"] = region
-    return fs.S3FileSystem(**kwargs)
+_filesystems: dict[tuple, object] = {}
 
 
 def _split_s3(uri: str):
-    path = uri[len("s3://") :]
-    filesystem = _s3_filesystem(
-        os.environ.get("AWS_ENDPOINT_URL") or None,
-        os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None,
-    )
-    return filesystem, path
+    """``(pyarrow S3FileSystem, "bucket/key")``.
+
+    The filesystem is cached per process and AWS environment: a DataLoader worker forked
+    from a process that already read from S3 must build its own, because the AWS SDK's
+    connections and threads do not survive a fork.
+    """
+    from ecom2f.storage import s3 as storage_s3
+
+    key = (os.getpid(), *(os.environ.get(name) for name in storage_s3.AWS_ENV))
+    filesystem = _filesystems.get(key)
+    if filesystem is None:
+        filesystem = storage_s3.pyarrow_filesystem("s3://probe", storage_s3.S3Options())[0]
+        _filesystems.clear()  # entries of a parent process or an older environment are stale
+        _filesystems[key] = filesystem
+    return filesystem, uri[len("s3://"):]
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:

@@ -14,6 +14,8 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ecom2f.errors import UserError
+
 logger = logging.getLogger("ecom2f.data")
 
 
@@ -80,7 +82,7 @@ class Problem:
         return f"{self.kind.value}: {self.file}: {self.message}"
 
 
-class DataProblemError(ValueError):
+class DataProblemError(UserError, ValueError):
     """A sample (or a whole dataset) that a strict loader refuses."""
 
     def __init__(self, problem: Problem | str):
@@ -96,7 +98,7 @@ class DataProblemError(ValueError):
         self.problem = problem
 
 
-class TooManyBadSamplesError(ValueError):
+class TooManyBadSamplesError(UserError, ValueError):
     """Raised at start when a lenient dataset would skip more than its allowed fraction."""
 
 

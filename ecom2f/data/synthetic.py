@@ -26,14 +26,7 @@ from scipy.ndimage import gaussian_filter
 
 from ecom2f.data.fileio import write_bytes_atomic
 from ecom2f.data.image_io import id_to_rgb
-from ecom2f.data.synthetic_shapes import (
-    STUFF_CLASSES,
-    THING_CLASSES,
-    bricks,
-    shape_mask,
-    smooth_noise,
-    texture,
-)
+from ecom2f.data.synthetic_shapes import STUFF_CLASSES, THING_CLASSES, bricks, shape_mask, smooth_noise, texture
 
 MIN_VISIBLE_PX = 12  # smaller visible fragments of an occluded shape become void
 MAX_OBJECTS = 14

@@ -1,69 +1,62 @@
-"""A sharded, endless, resumable stream of dataset indices for one training rank."""
+"""One global, endless, resumable stream of dataset indices, split among training ranks."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import torch
 from torch.utils.data import Sampler
 
 
-class ResumableShardedSampler(Sampler[int]):
-    """Endless indices for ``rank`` of ``world_size``, resumable at any sample.
+def epoch_order(dataset_size: int, epoch: int, seed: int, shuffle: bool = True) -> list[int]:
+    """The dataset's order in one epoch: a permutation drawn from ``seed + epoch`` (or 0..n-1)."""
+    if not shuffle:
+        return list(range(dataset_size))
+    return torch.randperm(dataset_size, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
 
-    Epoch ``e`` is a permutation of the dataset drawn from ``seed + e`` (the same on
-    every rank), padded by wrapping so it divides evenly, and rank ``r`` takes positions
-    ``r, r + world_size, ...``. Which sample comes next depends only on how many this rank
-    has consumed, so a checkpoint stores ``samples_consumed`` (counted by the training
-    loop, because DataLoader workers prefetch ahead of what was trained on) and a resumed
-    run passes it back as ``start``.
+
+class GlobalStreamSampler(Sampler[int]):
+    """This rank's indices of a global stream that does not depend on the number of ranks.
+
+    The stream is epoch after epoch of :func:`epoch_order`, never padded. It is consumed in
+    global micro-batches of ``global_batch`` indices (one per micro-step of all ranks
+    together); rank ``r`` takes the ``r``-th contiguous slice of ``global_batch //
+    world_size`` of each. Where the run stands is one number, the global count of samples
+    consumed, which a checkpoint stores (counted by the training loop, because DataLoader
+    workers prefetch ahead of what was trained on). A run resumed with another number of
+    workers, and the same ``global_batch``, continues the same stream: no sample is skipped
+    or repeated.
     """
 
-    def __init__(self, dataset_size: int, rank: int, world_size: int, seed: int = 0, shuffle: bool = True,
-                 start: int = 0):
+    def __init__(self, dataset_size: int, rank: int, world_size: int, global_batch: int, seed: int = 0,
+                 shuffle: bool = True, start: int = 0):
         if dataset_size <= 0:
-            raise ValueError(f"ResumableShardedSampler: dataset_size must be positive, got {dataset_size}")
+            raise ValueError(f"GlobalStreamSampler: dataset_size must be positive, got {dataset_size}")
         if world_size <= 0 or not 0 <= rank < world_size:
-            raise ValueError(f"ResumableShardedSampler: need 0 <= rank < world_size, got rank={rank}, "
+            raise ValueError(f"GlobalStreamSampler: need 0 <= rank < world_size, got rank={rank}, "
                              f"world_size={world_size}")
-        if start < 0:
-            raise ValueError(f"ResumableShardedSampler: start must be >= 0, got {start}")
-        self.dataset_size = dataset_size
-        self.rank = rank
-        self.world_size = world_size
-        self.seed = seed
-        self.shuffle = shuffle
-        self.start = start
-        self.per_rank = math.ceil(dataset_size / world_size)
+        if global_batch <= 0 or global_batch % world_size:
+            raise ValueError(f"GlobalStreamSampler: global_batch {global_batch} must be a positive multiple of "
+                             f"world_size {world_size}")
+        if start < 0 or start % global_batch:
+            raise ValueError(f"GlobalStreamSampler: start {start} must be a non-negative multiple of the global "
+                             f"batch {global_batch} (a checkpoint is taken between micro-steps)")
+        self.dataset_size, self.rank, self.world_size = dataset_size, rank, world_size
+        self.global_batch, self.seed, self.shuffle, self.start = global_batch, seed, shuffle, start
+        self.per_rank = global_batch // world_size
 
-    def epoch_indices(self, epoch: int) -> list[int]:
-        """This rank's indices of one epoch, ``per_rank`` of them."""
-        if self.shuffle:
-            order = torch.randperm(self.dataset_size, generator=torch.Generator().manual_seed(self.seed + epoch))
-        else:
-            order = torch.arange(self.dataset_size)
-        padded = order.repeat(math.ceil(self.per_rank * self.world_size / self.dataset_size))
-        return padded[: self.per_rank * self.world_size][self.rank :: self.world_size].tolist()
+    def positions(self, micro_step: int) -> range:
+        """Positions in the global stream this rank reads at a micro-step (0-based, from the run's start)."""
+        first = micro_step * self.global_batch + self.rank * self.per_rank
+        return range(first, first + self.per_rank)
 
     def __iter__(self) -> Iterator[int]:
-        epoch, offset = divmod(self.start, self.per_rank)
+        micro_step = self.start // self.global_batch
+        cached_epoch, order = -1, []
         while True:
-            yield from self.epoch_indices(epoch)[offset:]
-            epoch, offset = epoch + 1, 0
-
-    def state_dict(self, samples_consumed: int) -> dict:
-        return {"seed": self.seed, "samples_consumed": samples_consumed, "dataset_size": self.dataset_size,
-                "world_size": self.world_size, "shuffle": self.shuffle}
-
-    @classmethod
-    def from_state_dict(cls, state: dict, dataset_size: int, rank: int, world_size: int) -> ResumableShardedSampler:
-        """Rebuilds the sampler of a checkpoint; refuses a changed dataset or world size."""
-        if state["dataset_size"] != dataset_size or state["world_size"] != world_size:
-            raise ValueError(
-                f"cannot resume the data order: the checkpoint was taken with dataset_size={state['dataset_size']} "
-                f"and world_size={state['world_size']}, this run has dataset_size={dataset_size} and "
-                f"world_size={world_size}. Resume with the same data and number of workers, or start a new run."
-            )
-        return cls(dataset_size, rank, world_size, seed=state["seed"], shuffle=state["shuffle"],
-                   start=state["samples_consumed"])
+            for position in self.positions(micro_step):
+                epoch, offset = divmod(position, self.dataset_size)
+                if epoch != cached_epoch:
+                    cached_epoch, order = epoch, epoch_order(self.dataset_size, epoch, self.seed, self.shuffle)
+                yield order[offset]
+            micro_step += 1

@@ -2,13 +2,7 @@
 
 from ecom2f.evaluation.coco_panoptic_files import pq_compute_files, read_panoptic_png, write_panoptic_png
 from ecom2f.evaluation.mask_ap import MaskAPEvaluator, mask_ap
-from ecom2f.evaluation.panoptic_quality import (
-    PanopticGroundTruth,
-    PQStat,
-    PQStatCat,
-    normalize_categories,
-    pq_single,
-)
+from ecom2f.evaluation.panoptic_quality import PanopticGroundTruth, PQStat, PQStatCat, normalize_categories, pq_single
 from ecom2f.evaluation.semantic import SemanticConfusion, semantic_metrics
 
 __all__ = [

@@ -3,7 +3,7 @@
 Knows nothing of Ray, DeepSpeed or S3.
 """
 
-from ecom2f.modeling.config import ModelConfig
+from ecom2f.config.model import ModelConfig
 from ecom2f.modeling.early_exit_mask2former import EarlyExitMask2Former, build_model
 
 __all__ = ["ModelConfig", "EarlyExitMask2Former", "build_model"]

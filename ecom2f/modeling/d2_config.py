@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from ecom2f.modeling.config import ModelConfig
+from ecom2f.config.model import ModelConfig
 
 __all__ = ["load_d2_yaml", "model_config_from_d2"]
 

@@ -18,6 +18,10 @@ class MSDeformAttn(nn.Module):
 
     Parameter names and layouts are Deformable DETR's (``sampling_offsets``,
     ``attention_weights``, ``value_proj``, ``output_proj``), so Mask2Former weights load as is.
+
+    Under ``torch.autocast``, ``value_proj`` / ``output_proj`` follow autocast (the value
+    reaches the op in the autocast dtype) while the offsets, attention weights, softmax
+    and sampling locations are computed in float32 (fp32 master weights assumed).
     """
 
     def __init__(self, d_model: int = 256, levels: int = 3, heads: int = 8, points: int = 4) -> None:
@@ -62,17 +66,37 @@ class MSDeformAttn(nn.Module):
             reference_points: ``[N, Q, L, 2]`` (x, y) in ``[0, 1]``.
             value_input: ``[N, S, C]`` the tokens attended to.
             spatial_shapes: ``[L, 2]`` int64 (h, w) per level.
-            level_start_index: ``[L]`` int64.
+            level_start_index: ``[L]`` int64. Neither is validated here (the caller
+                checks them; see ``ms_deform_attn``'s ``check_layout``).
         Returns:
             ``[N, Q, C]``.
         """
         n, q, _ = query.shape
         s = value_input.shape[1]
         value = self.value_proj(value_input).view(n, s, self.heads, self.d_model // self.heads)
+        device_type = query.device.type
+        autocast = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+        # float64 is exempt, as autocast itself leaves float64 alone.
+        if autocast and value.dtype != torch.float64:
+            # The sampling geometry stays fp32 under autocast: bf16 offsets or locations
+            # would quantise to 2^-8 of the map (0.3-0.6 px on a 128-167-wide level).
+            with torch.autocast(device_type, enabled=False):
+                locations, weights = self._sampling(query.float(), reference_points.float(), spatial_shapes)
+        else:
+            locations, weights = self._sampling(query, reference_points, spatial_shapes)
+        # The encoder builds spatial_shapes / level_start_index from host integers and
+        # checks them once per forward; re-reading them here would sync with the device.
+        out = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights, check_layout=False)
+        return self.output_proj(out)
+
+    def _sampling(
+        self, query: torch.Tensor, reference_points: torch.Tensor, spatial_shapes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sampling locations ``[N, Q, H, L, P, 2]`` and softmaxed attention weights ``[N, Q, H, L, P]``."""
+        n, q, _ = query.shape
         offsets = self.sampling_offsets(query).view(n, q, self.heads, self.levels, self.points, 2)
         weights = self.attention_weights(query).view(n, q, self.heads, self.levels * self.points)
         weights = F.softmax(weights, -1).view(n, q, self.heads, self.levels, self.points)
         normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1).to(offsets.dtype)
         locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
-        out = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
-        return self.output_proj(out)
+        return locations, weights

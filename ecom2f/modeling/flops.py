@@ -13,7 +13,7 @@ import math
 from torch import nn
 from torchvision.models import resnet
 
-from ecom2f.modeling.config import ModelConfig
+from ecom2f.config.model import ModelConfig
 from ecom2f.ops import FLOPS_PER_SAMPLE_CHANNEL
 
 __all__ = [
@@ -196,8 +196,9 @@ def model_gflops(model, height: int, width: int, depth: int | None = None, batch
 
 
 def all_exits_gflops(model, height: int, width: int, exits, batch: int = 1) -> float:
-    """GFLOPs of :meth:`forward_all_exits`: backbone, encoder (deepest exit) and FPN laterals once;
-    the rest of the FPN and the decoder per exit."""
+    """GFLOPs of :meth:`forward_all_exits` (and of the forward of :meth:`forward_exits`, which
+    computes the same): backbone, encoder (deepest exit) and FPN laterals once; the rest of
+    the FPN and the decoder per exit."""
     config = model.config
     channels = model.backbone.out_channels
     laterals = lateral_flops(config, channels, height, width)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ecom2f.modeling.config import GateConfig
+from ecom2f.config.model import GateConfig
 
 __all__ = ["Gate", "gate_feature_dim", "pool_gate_features"]
 

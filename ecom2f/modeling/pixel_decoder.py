@@ -9,12 +9,13 @@ Module names follow Mask2Former's so its checkpoints load by a prefix rename.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ecom2f.modeling.config import PixelDecoderConfig
+from ecom2f.config.model import PixelDecoderConfig
 from ecom2f.modeling.deformable_encoder import DeformableTransformerEncoderOnly, EncoderInputs
 from ecom2f.modeling.position_encoding import PositionEmbeddingSine
 
@@ -108,7 +109,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
 
     def project(self, features: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Encoder levels after the input projection, coarsest first: ``[N, conv_dim, h_l, w_l]``."""
-        return [proj(features[name].float()) for proj, name in zip(self.input_proj, self.encoder_features[::-1])]
+        return [proj(features[name]) for proj, name in zip(self.input_proj, self.encoder_features[::-1])]
 
     def encoder_inputs(self, projected: list[torch.Tensor]) -> EncoderInputs:
         pos = [self.pe_layer(src) for src in projected]
@@ -117,30 +118,33 @@ class MSDeformAttnPixelDecoder(nn.Module):
     def laterals(self, features: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """The FPN's lateral 1x1 convs on the backbone maps, coarsest first. They do not depend on
         the encoder, so a pass over several exits computes them once."""
-        return [getattr(self, name)(features[f].float()) for f, name in zip(self.fpn_features, self.lateral_names)]
+        return [getattr(self, name)(features[f]) for f, name in zip(self.fpn_features, self.lateral_names)]
 
     def decode(
         self,
         tokens: torch.Tensor,
-        spatial_shapes: torch.Tensor,
+        shapes: Sequence[tuple[int, int]],
         features: dict[str, torch.Tensor] | None = None,
         laterals: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Encoder output -> ``(mask_features [N, mask_dim, H/4, W/4], multi_scale_features)``.
 
-        ``tokens``: ``[N, S, C]``; ``features``: the backbone outputs of the same images (or
-        ``laterals`` from :meth:`laterals`). ``multi_scale_features``: the 3 coarsest maps
-        ``[N, C, h_l, w_l]``, coarsest first.
+        ``tokens``: ``[N, S, C]``; ``shapes``: the host ``(h, w)`` of each level, coarsest
+        first (:attr:`EncoderInputs.shapes`); ``features``: the backbone outputs of the same
+        images (or ``laterals`` from :meth:`laterals`). ``multi_scale_features``: the 3
+        coarsest maps ``[N, C, h_l, w_l]``, coarsest first.
         """
+        if isinstance(shapes, torch.Tensor):
+            raise TypeError("decode takes the level shapes as host (h, w) integers (EncoderInputs.shapes), not a tensor")
         if laterals is None:
             if features is None:
                 raise ValueError("decode needs the backbone features or their laterals")
             laterals = self.laterals(features)
         n = tokens.shape[0]
-        sizes = [int(h) * int(w) for h, w in spatial_shapes.tolist()]
+        sizes = [h * w for h, w in shapes]
         maps = [
-            chunk.transpose(1, 2).reshape(n, -1, int(h), int(w))
-            for chunk, (h, w) in zip(torch.split(tokens, sizes, dim=1), spatial_shapes.tolist())
+            chunk.transpose(1, 2).reshape(n, -1, h, w)
+            for chunk, (h, w) in zip(torch.split(tokens, sizes, dim=1), shapes)
         ]
         for lateral, output_name in zip(laterals, self.output_names):
             merged = lateral + F.interpolate(maps[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 from torchvision.models import resnet
 
 from ecom2f.modeling.frozen_batch_norm import freeze_batch_norm
 
-__all__ = ["ResNetBackbone", "RESNET_DEPTHS"]
+__all__ = ["ResNetBackbone", "RESNET_DEPTHS", "resnet_key_from_d2", "resnet_key_to_d2"]
 
 RESNET_DEPTHS = {"resnet18": 18, "resnet50": 50, "resnet101": 101}
 _BUILDERS = {"resnet18": resnet.resnet18, "resnet50": resnet.resnet50, "resnet101": resnet.resnet101}
@@ -64,3 +66,34 @@ def _stage_channels(stage: nn.Sequential) -> int:
     block = stage[-1]
     last = block.conv3 if isinstance(block, resnet.Bottleneck) else block.conv2
     return last.out_channels
+
+
+def resnet_key_from_d2(key: str) -> str:
+    """detectron2's ResNet name -> ours (torchvision's); names of ours pass unchanged.
+
+    ``stem.conv1.norm.*`` -> ``bn1.*``, other ``stem.X`` -> ``X`` (ImageNet files keep the
+    classifier as ``stem.fc.*``), ``res{s}.{b}.conv{k}.norm.*`` -> ``layer{s-1}.{b}.bn{k}.*``,
+    ``shortcut`` -> ``downsample.0``, ``shortcut.norm`` -> ``downsample.1``.
+    """
+    key = re.sub(r"^stem\.conv1\.norm\.", "bn1.", key)
+    key = re.sub(r"^stem\.", "", key)
+    match = re.match(r"^res(\d)\.(\d+)\.(.*)$", key)
+    if not match:
+        return key
+    stage, block, tail = int(match.group(1)), match.group(2), match.group(3)
+    tail = re.sub(r"^shortcut\.norm\.", "downsample.1.", tail)
+    tail = re.sub(r"^shortcut\.", "downsample.0.", tail)
+    tail = re.sub(r"^conv(\d)\.norm\.", r"bn\1.", tail)
+    return f"layer{stage - 1}.{block}.{tail}"
+
+
+def resnet_key_to_d2(key: str) -> str:
+    """Inverse of :func:`resnet_key_from_d2` for the keys of :class:`ResNetBackbone`."""
+    match = re.match(r"^layer(\d)\.(\d+)\.(.*)$", key)
+    if not match:
+        return "stem." + re.sub(r"^bn1\.", "conv1.norm.", key)
+    stage, block, tail = int(match.group(1)), match.group(2), match.group(3)
+    tail = re.sub(r"^downsample\.1\.", "shortcut.norm.", tail)
+    tail = re.sub(r"^downsample\.0\.", "shortcut.", tail)
+    tail = re.sub(r"^bn(\d)\.", r"conv\1.norm.", tail)
+    return f"res{stage + 1}.{block}.{tail}"

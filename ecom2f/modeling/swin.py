@@ -11,13 +11,14 @@ so the window attention is replaced by detectron2's order here).
 
 from __future__ import annotations
 
+import re
 import types
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SwinBackbone", "SWIN_SPECS"]
+__all__ = ["SwinBackbone", "SWIN_SPECS", "swin_key_from_d2", "swin_key_to_d2"]
 
 # embed_dim, depths, heads (Mask2Former's Swin configs).
 SWIN_SPECS = {
@@ -99,3 +100,17 @@ def _d2_window_attention(block, x: torch.Tensor) -> torch.Tensor:
     if any(shift):
         x = torch.roll(x, shifts=shift, dims=(1, 2))
     return x[:, :h, :w, :].contiguous()
+
+
+def swin_key_from_d2(key: str) -> str:
+    """The official Swin / Mask2Former name -> ours (timm's).
+
+    Patch merging ends stage i there and starts stage i+1 in timm, so ``layers.{i}.downsample``
+    becomes ``layers.{i+1}.downsample``; every other name is shared.
+    """
+    return re.sub(r"^layers\.(\d+)\.downsample\.", lambda m: f"layers.{int(m.group(1)) + 1}.downsample.", key)
+
+
+def swin_key_to_d2(key: str) -> str:
+    """Inverse of :func:`swin_key_from_d2`."""
+    return re.sub(r"^layers\.(\d+)\.downsample\.", lambda m: f"layers.{int(m.group(1)) - 1}.downsample.", key)

@@ -6,11 +6,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ecom2f.modeling.config import DecoderConfig
+from ecom2f.config.model import DecoderConfig
 from ecom2f.modeling.decoder_layers import MLP, CrossAttentionLayer, FFNLayer, SelfAttentionLayer
 from ecom2f.modeling.position_encoding import PositionEmbeddingSine
 
-__all__ = ["MultiScaleMaskedTransformerDecoder"]
+__all__ = ["MultiScaleMaskedTransformerDecoder", "unmask_empty_queries"]
+
+
+def unmask_empty_queries(attn_mask: torch.Tensor) -> torch.Tensor:
+    """``[B, Q, S]`` bool (True = not attended) with every fully masked row cleared.
+
+    A query whose mask is empty everywhere would attend to nothing: it sees everything
+    instead. Mask2Former writes ``attn_mask[torch.where(attn_mask.sum(-1) == S)] = False``;
+    this gives the same mask without the device sync of ``torch.where``'s index list.
+    """
+    return attn_mask & ~attn_mask.all(-1, keepdim=True)
 
 
 class MultiScaleMaskedTransformerDecoder(nn.Module):
@@ -57,14 +67,16 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         self.class_embed = nn.Linear(hidden, num_classes + 1)
         self.mask_embed = MLP(hidden, hidden, mask_dim, 3)
 
-    def forward(self, multi_scale_features: list[torch.Tensor], mask_features: torch.Tensor) -> dict:
+    def forward(self, multi_scale_features: list[torch.Tensor], mask_features: torch.Tensor, aux: bool = True) -> dict:
         """
         Args:
             multi_scale_features: 3 maps ``[N, C, h_l, w_l]``, coarsest first.
             mask_features: ``[N, mask_dim, H/4, W/4]``.
+            aux: also return the earlier predictions (deep supervision). Every layer's
+                prediction is computed either way (it masks the next layer's attention).
         Returns:
-            ``pred_logits [N, Q, K+1]``, ``pred_masks [N, Q, H/4, W/4]`` (after the last layer) and
-            ``aux_outputs``: the earlier predictions, first the one before any layer.
+            ``pred_logits [N, Q, K+1]``, ``pred_masks [N, Q, H/4, W/4]`` (after the last layer) and,
+            with ``aux``, ``aux_outputs``: the earlier predictions, first the one before any layer.
         """
         if len(multi_scale_features) != self.num_feature_levels:
             raise ValueError(f"expected {self.num_feature_levels} feature maps, got {len(multi_scale_features)}")
@@ -78,27 +90,24 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         query_embed = self.query_embed.weight.unsqueeze(1).repeat(1, batch, 1)
         output = self.query_feat.weight.unsqueeze(1).repeat(1, batch, 1)
 
-        classes, masks = [], []
+        # Without aux, only the last prediction is kept (the earlier masks are the largest tensors).
+        earlier = []
         outputs_class, outputs_mask, attn_mask = self.prediction_heads(output, mask_features, sizes[0])
-        classes.append(outputs_class)
-        masks.append(outputs_mask)
         for i in range(self.num_layers):
             level = i % self.num_feature_levels
-            # A query whose mask is empty everywhere would attend to nothing: let it see everything.
-            attn_mask[torch.where(attn_mask.sum(-1) == attn_mask.shape[-1])] = False
+            attn_mask = unmask_empty_queries(attn_mask)
             output = self.transformer_cross_attention_layers[i](output, src[level], attn_mask, pos[level], query_embed)
             output = self.transformer_self_attention_layers[i](output, query_embed)
             output = self.transformer_ffn_layers[i](output)
+            if aux:
+                earlier.append({"pred_logits": outputs_class, "pred_masks": outputs_mask})
             outputs_class, outputs_mask, attn_mask = self.prediction_heads(
                 output, mask_features, sizes[(i + 1) % self.num_feature_levels]
             )
-            classes.append(outputs_class)
-            masks.append(outputs_mask)
-        return {
-            "pred_logits": classes[-1],
-            "pred_masks": masks[-1],
-            "aux_outputs": [{"pred_logits": c, "pred_masks": m} for c, m in zip(classes[:-1], masks[:-1])],
-        }
+        out = {"pred_logits": outputs_class, "pred_masks": outputs_mask}
+        if aux:
+            out["aux_outputs"] = earlier
+        return out
 
     def prediction_heads(self, output: torch.Tensor, mask_features: torch.Tensor, attn_mask_size):
         """``output [Q, N, C]`` -> ``(logits [N, Q, K+1], masks [N, Q, H/4, W/4], attn_mask [N*heads, Q, h*w])``."""

@@ -4,7 +4,7 @@ import warnings
 
 import torch
 
-from ecom2f.ops.extension import extension_loaded, has_kernel, library_path
+from ecom2f.ops.extension import cuda_targets, extension_loaded, has_kernel, library_path
 from ecom2f.ops.ms_deform_attn import check_ms_deform_attn_inputs, ms_deform_attn
 from ecom2f.ops.reference import ms_deform_attn_reference
 from ecom2f.ops.registration import FLOPS_PER_SAMPLE_CHANNEL, forward_flops
@@ -24,6 +24,7 @@ if torch.cuda.is_available() and not has_kernel("cuda"):
 __all__ = [
     "FLOPS_PER_SAMPLE_CHANNEL",
     "check_ms_deform_attn_inputs",
+    "cuda_targets",
     "extension_loaded",
     "forward_flops",
     "has_kernel",

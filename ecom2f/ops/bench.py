@@ -1,8 +1,10 @@
 """Benchmark of the deformable-attention kernel against the grid_sample reference.
 
-``python -m ecom2f.ops.bench [--device cpu|cuda] [--runs 10]`` prints a Markdown table:
-median time of forward and forward+backward after warm-up, peak extra memory, and the
-kernel's speed-up, at Mask2Former's inference size and at COCO training size (1024x1024).
+``python -m ecom2f.ops.bench [--device cpu|cuda] [--runs 10] [--kernel default|vectorized-strict]``
+prints a Markdown table: median time of forward and forward+backward after warm-up, peak
+extra memory, and the kernel's speed-up, at Mask2Former's inference size and at COCO
+training size (1024x1024). ``--kernel`` picks the CUDA kernel (it sets
+``ECOM2F_MSDA_KERNEL``); run once per kernel to compare them.
 """
 
 from __future__ import annotations
@@ -120,7 +122,11 @@ def forward_bytes(batch, level_shapes, dtype) -> int:
 
 def machine_description(device) -> str:
     if device == "cuda":
-        return f"{torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})"
+        kernel = os.environ.get("ECOM2F_MSDA_KERNEL") or "default"
+        return (
+            f"{torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda}), "
+            f"CUDA kernel {kernel}"
+        )
     return f"{cpu_description()}, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
 
 
@@ -163,7 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--runs", type=int, default=10, help="timed runs per measurement (median reported)")
     parser.add_argument("--output", help="also write the table to this Markdown file")
+    parser.add_argument(
+        "--kernel", choices=["default", "vectorized", "vectorized-strict"],
+        help="CUDA kernel to time (sets ECOM2F_MSDA_KERNEL; default: leave it as it is)",
+    )
     args = parser.parse_args(argv)
+    if args.kernel is not None:
+        os.environ["ECOM2F_MSDA_KERNEL"] = args.kernel
     if args.runs < 1:
         parser.error(f"--runs must be at least 1, got {args.runs}")
     if not extension_loaded() or not has_kernel(args.device):

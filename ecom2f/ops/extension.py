@@ -36,6 +36,18 @@ def has_kernel(device_type: str) -> bool:
     return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(OP_NAME, key)
 
 
+def cuda_targets() -> tuple[str, ...] | None:
+    """The GPU code in the compiled library, as nvcc names it (``("sm_80", "sm_90",
+    "compute_90")``: cubins, then PTX for later GPUs), or None when the library is missing,
+    has no CUDA kernels, or was built with an arch list torch expands itself (``native``)."""
+    if not extension_loaded():
+        return None
+    import ecom2f._C
+
+    recorded = getattr(ecom2f._C, "cuda_targets", "")
+    return tuple(recorded.split(",")) if recorded else None
+
+
 def library_path() -> str | None:
     """Path of the compiled library, or None when it is not built."""
     if not extension_loaded():

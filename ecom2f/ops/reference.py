@@ -17,6 +17,8 @@ def ms_deform_attn_reference(
     level_start_index: torch.Tensor,
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
+    *,
+    check_layout: bool = True,
 ) -> torch.Tensor:
     """Multi-scale deformable attention with ``grid_sample``.
 
@@ -27,16 +29,25 @@ def ms_deform_attn_reference(
             levels are split by ``spatial_shapes``; kept for the common signature).
         sampling_locations: ``[N, Q, H, L, P, 2]`` ``(x, y)`` normalised to [0, 1].
         attention_weights: ``[N, Q, H, L, P]``.
+        check_layout: unused (this function always reads ``spatial_shapes`` to split
+            the levels); kept so it can stand in for ``ms_deform_attn``.
+
+    Mixed precision (fp16/bf16 value, fp32 locations and weights) computes in fp32:
+    grid_sample needs one dtype, and rounding the locations would move the samples.
 
     Returns:
-        ``[N, Q, H * D]``.
+        ``[N, Q, H * D]`` in the dtype of ``value``.
     """
-    del level_start_index
+    del level_start_index, check_layout
+    out_dtype = value.dtype
+    compute_dtype = torch.promote_types(value.dtype, sampling_locations.dtype)
+    value = value.to(compute_dtype)
+    attention_weights = attention_weights.to(compute_dtype)
     n, _, heads, head_dim = value.shape
     _, q, _, levels, points, _ = sampling_locations.shape
     sizes = [int(h) * int(w) for h, w in spatial_shapes.tolist()]
     value_per_level = value.split(sizes, dim=1)
-    grids = 2 * sampling_locations - 1  # grid_sample wants [-1, 1]
+    grids = 2 * sampling_locations.to(compute_dtype) - 1  # grid_sample wants [-1, 1]
     sampled = []
     for level, (h, w) in enumerate(spatial_shapes.tolist()):
         # [N, h*w, H, D] -> [N*H, D, h, w]
@@ -48,4 +59,4 @@ def ms_deform_attn_reference(
     # [N, Q, H, L, P] -> [N*H, 1, Q, L*P]
     weights = attention_weights.transpose(1, 2).reshape(n * heads, 1, q, levels * points)
     out = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)  # [N*H, D, Q]
-    return out.view(n, heads * head_dim, q).transpose(1, 2).contiguous()
+    return out.view(n, heads * head_dim, q).transpose(1, 2).contiguous().to(out_dtype)

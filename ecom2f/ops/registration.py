@@ -4,6 +4,10 @@ The schema and the CPU/CUDA kernels live in C++ (``csrc/``). Here: the fake (met
 kernels for tracing and ``torch.compile``, autograd through the C++ backward op, and
 the FLOP formula that ``torch.utils.flop_counter.FlopCounterMode`` uses.
 
+dtypes (as the C++ kernels): the output and grad_value take value's dtype; grad of the
+sampling locations and attention weights take theirs, which may be float32 while value
+is float16/bfloat16 (mixed precision).
+
 FLOP convention (documented in docs/architecture.md): every sampled value costs a
 bilinear interpolation of 4 corners (4 multiply-adds) and its attention weighting (one
 multiply-add), i.e. ``10 * N * Q * H * L * P * D`` for the forward; the backward costs
@@ -15,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
+from ecom2f.ops.ms_deform_attn import check_ms_deform_attn_dtypes
+
 FLOPS_PER_SAMPLE_CHANNEL = 10
 
 
@@ -25,11 +31,14 @@ def forward_flops(value_shape, sampling_locations_shape) -> int:
 
 
 def _fake_forward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    # Refuse at trace time what the real kernels refuse at run time.
+    check_ms_deform_attn_dtypes(value, sampling_locations, attention_weights)
     n, _, heads, head_dim = value.shape
     return value.new_empty((n, sampling_locations.shape[1], heads * head_dim))
 
 
 def _fake_backward(grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    check_ms_deform_attn_dtypes(value, sampling_locations, attention_weights)
     return (
         torch.empty_like(value, memory_format=torch.contiguous_format),
         torch.empty_like(sampling_locations, memory_format=torch.contiguous_format),

@@ -8,7 +8,7 @@ import os
 import shutil
 
 from ecom2f.config import Config
-from ecom2f.config_sections import dataset_spec
+from ecom2f.config.data import dataset_spec
 from ecom2f.data import build_dataset, build_transform, data_root
 
 log = logging.getLogger(__name__)

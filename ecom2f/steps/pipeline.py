@@ -34,27 +34,27 @@ SUCCESS = "_SUCCESS.json"
 
 
 def _parent(config: Config) -> None:
-    from ecom2f.steps.parent_job import launch_parent_training
+    from ecom2f.steps.parent import launch_parent_training
 
     launch_parent_training(config)
 
 
 def _depth(config: Config) -> None:
-    from ecom2f.steps.depth import build_depth_dataset
+    from ecom2f.steps.depth.job import build_depth_dataset
 
     build_depth_dataset(config)
 
 
 def _gates(config: Config) -> None:
     try:  # the agreed name; step 3 may keep it in its Tune module only
-        from ecom2f.steps.gate_search import tune_gates
+        from ecom2f.steps.gate.tune import tune_gates
     except ImportError:
-        from ecom2f.steps.gate_tune import tune_gates
+        from ecom2f.steps.gate.tune import tune_gates
     tune_gates(config)
 
 
 def _evaluate(config: Config) -> None:
-    from ecom2f.steps.evaluate import evaluate
+    from ecom2f.steps.evaluate.job import evaluate
 
     evaluate(config)
 
@@ -129,7 +129,7 @@ def run_pipeline(config: Config, steps: tuple[Step, ...] = STEPS, echo: Callable
 
     ``steps`` exists for tests (stand-in steps); the default is the real pipeline.
     """
-    from ecom2f.steps.evaluate import absolute_local_paths
+    from ecom2f.steps.evaluate.job import absolute_local_paths
 
     config = absolute_local_paths(config)  # every step's Ray workers see the same folders
     storage.preflight(config.storage.layout().run_uri)
@@ -153,7 +153,7 @@ def run_pipeline(config: Config, steps: tuple[Step, ...] = STEPS, echo: Callable
         result.ran.append(step.name)
     result.report_uri = storage.join(config.storage.layout().report, "report.md")
     try:
-        from ecom2f.steps.evaluate import load_summary
+        from ecom2f.steps.evaluate.job import load_summary
 
         result.table = summary_table(load_summary(config))
         echo(result.table)

@@ -52,6 +52,13 @@ PROBE = (
 )
 
 
+def can_unshare_net() -> bool:
+    """Whether ``unshare --net`` works here (root or user namespaces); ECOM2F_TEST_NETNS=0 tests the fallback."""
+    if os.environ.get("ECOM2F_TEST_NETNS") == "0" or not shutil.which("unshare"):
+        return False
+    return subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode == 0
+
+
 def bring_loopback_up() -> None:
     """``ip link set lo up`` without the ip tool (a fresh network namespace starts with lo down)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -104,7 +111,7 @@ def run_submit_cli(argv: list[str]) -> tuple[int, str]:
     """``ecom2f submit ARGV`` in this process (the parser ecom2f's main would build), stdout captured."""
     import argparse
 
-    from ecom2f import submit_cli
+    from ecom2f.cli import submit as submit_cli
 
     parser = argparse.ArgumentParser(prog="ecom2f")
     submit_cli.add_commands(parser.add_subparsers(dest="command"))

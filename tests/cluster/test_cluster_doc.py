@@ -4,7 +4,6 @@ their overrides, the files it names exist, and its cost table follows from its a
 from __future__ import annotations
 
 import argparse
-import importlib
 import re
 import shlex
 
@@ -14,25 +13,10 @@ from ecom2f.config import load_config
 from tests.conftest import REPO_ROOT
 
 DOC = (REPO_ROOT / "docs" / "cluster.md").read_text()
-# Command modules that may not be wired into ecom2f.cli.COMMAND_MODULES yet.
-STEP_MODULES = ("ecom2f.steps.depth_cli", "ecom2f.steps.gate_cli", "ecom2f.steps.pipeline_cli", "ecom2f.submit_cli")
-
-
 def _full_parser() -> argparse.ArgumentParser:
-    from ecom2f.cli import COMMAND_MODULES
+    from ecom2f.cli import build_parser
 
-    parser = argparse.ArgumentParser(prog="ecom2f")
-    commands = parser.add_subparsers(dest="command")
-    for name in list(COMMAND_MODULES) + [m for m in STEP_MODULES if m not in COMMAND_MODULES]:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError:
-            continue
-        scratch = argparse.ArgumentParser().add_subparsers()
-        module.add_commands(scratch)
-        if not set(scratch.choices) & set(commands.choices):  # already added through another module
-            module.add_commands(commands)
-    return parser
+    return build_parser()
 
 
 def _submitted_commands() -> list[list[str]]:

@@ -9,15 +9,8 @@ import argparse
 
 import pytest
 
-from ecom2f import submit_cli
-from ecom2f.submit import (
-    SubmitError,
-    dashboard_address,
-    entrypoint_for,
-    load_runtime_env,
-    parse_env_pairs,
-    submit,
-)
+from ecom2f.cli import submit as submit_cli
+from ecom2f.submit import SubmitError, dashboard_address, entrypoint_for, load_runtime_env, parse_env_pairs, submit
 from tests.conftest import REPO_ROOT
 
 

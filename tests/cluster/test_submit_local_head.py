@@ -19,13 +19,8 @@ import sys
 import pytest
 from PIL import Image
 
+from tests.cluster.local_head import can_unshare_net
 from tests.conftest import REPO_ROOT
-
-
-def _can_unshare_net() -> bool:
-    if os.environ.get("ECOM2F_TEST_NETNS") == "0" or not shutil.which("unshare"):  # 0: test the fallback
-        return False
-    return subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode == 0
 
 
 def _loopback(ip: str) -> bool:
@@ -39,7 +34,7 @@ def _loopback(ip: str) -> bool:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_submit_to_a_local_head_runs_the_job_with_working_dir_code_and_installed_op(tmp_path):
-    netns = _can_unshare_net()
+    netns = can_unshare_net()
     result_path, artifacts = tmp_path / "result.json", tmp_path / "artifacts"
     artifacts.mkdir()
     command = [sys.executable, "-m", "tests.cluster.local_head", str(result_path), str(artifacts)]

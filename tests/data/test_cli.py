@@ -52,7 +52,7 @@ def test_semantic_check_from_the_command_line(tmp_path, capsys):
 
 def test_bench_prints_images_per_second_per_worker():
     result = subprocess.run(
-        [sys.executable, "-m", "ecom2f.data.bench", "--num-images", "4", "--image-size", "64", "--target-size", "128",
+        [sys.executable, "-m", "benchmarks.data_loading", "--num-images", "4", "--image-size", "64", "--target-size", "128",
          "--workers", "0", "--batches", "2"],
         capture_output=True, text=True, timeout=120, check=True,
     )

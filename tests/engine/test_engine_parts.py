@@ -9,35 +9,50 @@ from torch import nn
 from ecom2f.engine.exits import ExitSampler, exit_loss_weight
 from ecom2f.engine.lr_schedule import lr_multiplier
 from ecom2f.engine.param_groups import build_param_groups
-from ecom2f.engine.sampler import ResumableShardedSampler
+from ecom2f.engine.sampler import GlobalStreamSampler, epoch_order
 
 
 def take(iterator, count):
     return [next(iterator) for _ in range(count)]
 
 
-def test_sampler_shards_cover_each_epoch_exactly_once():
-    samplers = [ResumableShardedSampler(10, rank, 3, seed=5) for rank in range(3)]
-    epoch0 = [take(iter(s), 4) for s in samplers]  # ceil(10 / 3) = 4 per rank, 2 padded
-    flat = sorted(i for shard in epoch0 for i in shard)
-    assert set(flat) == set(range(10)) and len(flat) == 12
-    assert epoch0 != [take(iter(ResumableShardedSampler(10, r, 3, seed=6)), 4) for r in range(3)]
+def _stream(dataset_size, world_size, per_rank, micro_steps, seed=5, start=0):
+    """What all ranks read, micro-step by micro-step, in global order (rank 0's slice first)."""
+    iters = [iter(GlobalStreamSampler(dataset_size, r, world_size, per_rank * world_size, seed=seed, start=start))
+             for r in range(world_size)]
+    return [i for _ in range(micro_steps) for it in iters for i in take(it, per_rank)]
 
 
-def test_sampler_resumes_exactly_where_it_stopped():
-    full = take(iter(ResumableShardedSampler(7, 1, 2, seed=3)), 23)  # crosses several epochs
-    for consumed in (0, 3, 4, 9, 17):
-        state = ResumableShardedSampler(7, 1, 2, seed=3).state_dict(samples_consumed=consumed)
-        resumed = ResumableShardedSampler.from_state_dict(state, dataset_size=7, rank=1, world_size=2)
-        assert take(iter(resumed), 23 - consumed) == full[consumed:]
+def test_stream_covers_each_epoch_exactly_once_without_padding():
+    stream = _stream(10, world_size=3, per_rank=2, micro_steps=5)  # 30 samples: 3 epochs of 10
+    for epoch in range(3):
+        assert sorted(stream[10 * epoch: 10 * (epoch + 1)]) == list(range(10))
+    assert stream[:10] == epoch_order(10, 0, seed=5) and stream[10:20] == epoch_order(10, 1, seed=5)
+    assert stream[:10] != epoch_order(10, 0, seed=6)
 
 
-def test_sampler_refuses_a_changed_world():
-    state = ResumableShardedSampler(7, 0, 2).state_dict(samples_consumed=5)
-    with pytest.raises(ValueError, match="world_size=2, this run has dataset_size=7 and world_size=4"):
-        ResumableShardedSampler.from_state_dict(state, dataset_size=7, rank=0, world_size=4)
+def test_stream_does_not_depend_on_the_number_of_ranks():
+    one = _stream(7, world_size=1, per_rank=4, micro_steps=6)
+    two = _stream(7, world_size=2, per_rank=2, micro_steps=6)
+    four = _stream(7, world_size=4, per_rank=1, micro_steps=6)
+    assert one == two == four
+
+
+def test_resume_with_fewer_ranks_continues_the_same_stream():
+    # 2 ranks x 2 images for 3 micro-steps, then 1 rank x 4 images: nothing skipped or repeated.
+    uninterrupted = _stream(7, world_size=2, per_rank=2, micro_steps=8)
+    first = _stream(7, world_size=2, per_rank=2, micro_steps=3)
+    rest = _stream(7, world_size=1, per_rank=4, micro_steps=5, start=12)
+    assert first + rest == uninterrupted
+
+
+def test_sampler_rejects_inconsistent_settings():
     with pytest.raises(ValueError, match="need 0 <= rank < world_size, got rank=2, world_size=2"):
-        ResumableShardedSampler(7, 2, 2)
+        GlobalStreamSampler(7, 2, 2, global_batch=4)
+    with pytest.raises(ValueError, match="global_batch 3 must be a positive multiple of world_size 2"):
+        GlobalStreamSampler(7, 0, 2, global_batch=3)
+    with pytest.raises(ValueError, match="start 6 must be a non-negative multiple of the global batch 4"):
+        GlobalStreamSampler(7, 0, 2, global_batch=4, start=6)
 
 
 def test_multistep_schedule_with_warmup_matches_detectron2():

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from ecom2f.evaluation import cli
+from ecom2f.cli import evaluation as cli
 from ecom2f.evaluation.coco_panoptic_files import pq_compute_files, read_panoptic_png, write_panoptic_png
 from ecom2f.evaluation.panoptic_quality import PQStat, pq_single
 
@@ -88,11 +88,3 @@ def test_command_is_registered():
     cli.add_commands(parser.add_subparsers())
     args = parser.parse_args(["pq", "--gt-json", "a.json", "--pred-json", "b.json"])
     assert args.func is cli._run and args.gt_folder is None
-    assert parser.parse_args(["bench-pq", "--runs", "2"]).func is cli._bench
-
-
-def test_benchmark_runs_on_a_small_image(capsys):
-    from ecom2f.evaluation.bench import main
-
-    assert main(["--height", "40", "--width", "60", "--segments", "6", "--runs", "2"]) == 0
-    assert "PanopticGroundTruth.pq" in capsys.readouterr().out

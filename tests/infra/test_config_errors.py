@@ -64,7 +64,11 @@ def test_unknown_keys_name_the_path_and_the_closest_names(tree, expected):
             {"parent": {"exit_sampling": "uniformly"}},
             "parent.exit_sampling: 'uniformly' is not allowed; allowed: 'uniform', 'weights'; did you mean 'uniform'?",
         ),
-        ({"parent": {"zero_stage": 3}}, "parent.zero_stage: 3 is not allowed; allowed: 1, 2"),
+        ({"parent": {"zero_stage": 3}}, "parent.zero_stage: 3 is not allowed; allowed: 0, 1, 2"),
+        (
+            {"solver": {"clip_gradients": {"type": "norm"}}},
+            "solver.clip_gradients.type: 'norm' is not allowed; allowed: 'full_model'",
+        ),
         (
             {"evaluation": {"tasks": ["panoptik"]}},
             "evaluation.tasks[0]: 'panoptik' is not allowed; allowed: 'panoptic', 'instance', 'semantic'; "

@@ -9,8 +9,8 @@ import pytest
 
 from ecom2f import storage
 from ecom2f.config import Config, ConfigError, load_config, prepare_run, save_config
+from ecom2f.config.yaml_tree import apply_overrides, deep_merge, load_yaml_tree, parse_yaml
 from ecom2f.storage import StoragePreflightError
-from ecom2f.config_yaml import apply_overrides, deep_merge, load_yaml_tree, parse_yaml
 
 
 def _write(path: Path, text: str) -> Path:

@@ -26,7 +26,7 @@ def test_overwrite_is_atomic_and_leaves_no_temporary_files(tmp_path):
     storage.write_bytes(target, b"old")
     # A writer that fails half-way must leave the old content and no temporary file.
     with pytest.raises(RuntimeError, match="disk full"):
-        with storage._atomic_local_target(target) as temporary:
+        with storage.files._atomic_local_target(target) as temporary:
             temporary.write_bytes(b"half of the new cont")
             raise RuntimeError("disk full")
     assert target.read_bytes() == b"old"

@@ -12,8 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ecom2f import storage, storage_s3
+from ecom2f import storage
 from ecom2f.storage import S3Options, StorageBucketNotFoundError, StorageError, StorageNotFoundError
+from ecom2f.storage import s3 as storage_s3
 from tests.infra.s3_server import SECRET_ACCESS_KEY
 
 

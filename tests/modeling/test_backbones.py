@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
+from ecom2f.config.model import BackboneConfig
 from ecom2f.modeling.backbone import build_backbone, load_backbone_weights
-from ecom2f.modeling.config import BackboneConfig
 from ecom2f.modeling.frozen_batch_norm import FrozenBatchNorm2d, freeze_batch_norm
 from ecom2f.modeling.resnet import ResNetBackbone
 

@@ -7,7 +7,8 @@ import pickle
 import pytest
 import torch
 
-from ecom2f.checkpoint import (
+from ecom2f.modeling.d2_config import model_config_from_d2
+from ecom2f.modeling.mask2former_checkpoint import (
     CheckpointMismatchError,
     ecom2f_to_mask2former,
     export_mask2former,
@@ -16,7 +17,6 @@ from ecom2f.checkpoint import (
     load_mask2former_state_dict,
     mask2former_to_ecom2f,
 )
-from ecom2f.modeling.d2_config import model_config_from_d2
 
 TINY_YAML = """
 MODEL:

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from ecom2f.checkpoint import export_mask2former, load_into
 from ecom2f.modeling import ModelConfig, build_model
+from ecom2f.modeling.mask2former_checkpoint import export_mask2former, load_into
 
 _DTYPES = {"float32": torch.float32, "int64": torch.int64}
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from ecom2f.modeling.config import ModelConfig
+from ecom2f.config.model import ModelConfig
 
 
 def test_defaults_are_mask2former_coco_panoptic_r50():

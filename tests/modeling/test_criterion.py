@@ -240,3 +240,80 @@ def test_bf16_module_and_outputs_give_the_float32_losses():
     for name, value in reference.items():
         assert losses[name].dtype == torch.float32
         assert losses[name].item() == pytest.approx(value.item(), rel=0.02), name
+
+
+def _reference_losses(criterion: SetCriterion, outputs: dict, targets: list[dict], generator) -> dict:
+    """The criterion as it was before batching (per-image indexing, a host copy per matching),
+    kept as the reference; only the order of the point draws follows the new criterion:
+    every prediction's matching first, then every prediction's loss points."""
+    from ecom2f.modeling.point_sampling import point_sample, uncertain_point_coords_with_randomness
+
+    height = max(t["masks"].shape[-2] for t in targets)
+    width = max(t["masks"].shape[-1] for t in targets)
+    padded = [
+        F.pad(t["masks"].float(), (0, width - t["masks"].shape[-1], 0, height - t["masks"].shape[-2])) for t in targets
+    ]
+    num_masks = max(float(sum(len(t["labels"]) for t in targets)), 1.0)
+    predictions = [outputs, *outputs.get("aux_outputs", [])]
+    matched = [
+        criterion.matcher(p, [{"labels": t["labels"], "masks": m} for t, m in zip(targets, padded)], generator)
+        for p in predictions
+    ]
+    raw = {}
+    for number, (prediction, indices) in enumerate(zip(predictions, matched)):
+        suffix = "" if number == 0 else f"_{number - 1}"
+        logits = prediction["pred_logits"].float()
+        target_classes = torch.full(logits.shape[:2], criterion.num_classes, dtype=torch.int64)
+        for image, (pred_idx, tgt_idx) in enumerate(indices):
+            target_classes[image, pred_idx] = targets[image]["labels"][tgt_idx]
+        class_weight = torch.ones(criterion.num_classes + 1)
+        class_weight[-1] = criterion.eos_coef
+        loss_ce = F.cross_entropy(logits.transpose(1, 2), target_classes, class_weight)
+        matched_pred = torch.cat([prediction["pred_masks"][i, src] for i, (src, _) in enumerate(indices)])
+        if matched_pred.shape[0] == 0:
+            loss_mask = loss_dice = prediction["pred_masks"].sum() * 0.0
+        else:
+            matched_target = torch.cat([padded[i][tgt] for i, (_, tgt) in enumerate(indices)])
+            pred = matched_pred[:, None].float()
+            coords = uncertain_point_coords_with_randomness(
+                pred.detach(), criterion.num_points, criterion.oversample_ratio, criterion.importance_sample_ratio,
+                generator,
+            )
+            point_targets = point_sample(matched_target[:, None], coords)[:, 0]
+            point_logits = point_sample(pred, coords)[:, 0]
+            loss_mask = sigmoid_ce_loss(point_logits, point_targets, num_masks)
+            loss_dice = dice_loss(point_logits, point_targets, num_masks)
+        raw.update({f"loss_ce{suffix}": loss_ce, f"loss_mask{suffix}": loss_mask, f"loss_dice{suffix}": loss_dice})
+    return raw
+
+
+@pytest.mark.parametrize("seed", [20, 21])
+def test_batched_criterion_equals_the_per_image_reference(seed):
+    outputs, targets = _batch(torch.Generator().manual_seed(seed), 1.0, num_aux=3)
+    noise = torch.Generator().manual_seed(seed)
+    for aux in outputs["aux_outputs"]:  # different predictions per layer
+        aux["pred_masks"] = aux["pred_masks"] + torch.randn(aux["pred_masks"].shape, generator=noise)
+    targets.append({"labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, 24, 32, dtype=torch.bool)})
+    for key in ("pred_logits", "pred_masks"):
+        outputs[key] = torch.cat([outputs[key], outputs[key][:1]])
+        for aux in outputs["aux_outputs"]:
+            aux[key] = torch.cat([aux[key], aux[key][:1]])
+    criterion = _criterion(4)
+    losses = criterion(outputs, targets, exit_weight=0.5, generator=torch.Generator().manual_seed(seed))
+    reference = _reference_losses(criterion, outputs, targets, torch.Generator().manual_seed(seed))
+    assert set(losses) == set(reference) | {"total"}
+    for name, value in reference.items():
+        base = name if name in criterion.weight_dict else name.rsplit("_", 1)[0]
+        assert torch.equal(losses[name], value * (criterion.weight_dict[base] * 0.5)), name
+
+
+def test_label_values_are_read_only_on_the_host():
+    criterion = _criterion(3)
+    bad = [{"labels": torch.tensor([0, 3]), "masks": torch.ones(2, 8, 8)}]
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 2\].*max 3"):
+        criterion.check_targets(bad)
+    # Labels already on a device are not read (that would stall it): only shapes are checked.
+    on_device = [{"labels": torch.tensor([0, 3], device="meta"), "masks": torch.ones(2, 8, 8, device="meta")}]
+    criterion.check_targets(on_device)
+    with pytest.raises(ValueError, match=r"must be \[K\] and \[K, H, W\]"):
+        criterion.check_targets([{"labels": torch.zeros(1, device="meta"), "masks": torch.ones(2, 8, 8, device="meta")}])

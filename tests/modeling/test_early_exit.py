@@ -57,6 +57,57 @@ def test_each_layer_runs_only_on_images_that_need_it(model, pixels):
     assert seen == [(0, 3), (1, 2), (2, 2), (3, 1), (4, 1), (5, 1)]
 
 
+def _assert_same_prediction(a: dict, b: dict) -> None:
+    assert torch.equal(a["pred_logits"], b["pred_logits"])
+    assert torch.equal(a["pred_masks"], b["pred_masks"])
+
+
+def test_forward_exits_equal_separate_forwards_exactly(model, pixels):
+    with torch.no_grad():
+        shared = model.forward_exits(pixels[:2], [0, 2, 5], aux=True)
+        assert list(shared) == [0, 2, 5]
+        for k, out in shared.items():
+            single = model.forward_raw(pixels[:2], depth=k)
+            _assert_same_prediction(out, single)
+            assert torch.equal(out["mask_features"], single["mask_features"])
+            assert len(out["aux_outputs"]) == len(single["aux_outputs"]) == model.decoder.num_layers
+            for a, b in zip(out["aux_outputs"], single["aux_outputs"]):
+                _assert_same_prediction(a, b)
+        assert "aux_outputs" not in model.forward_exits(pixels[:2], [3], aux=False)[3]
+
+
+def test_forward_exits_gradients_are_the_sum_of_the_separate_passes(model, pixels):
+    """Autograd runs through the shared trunk: one backward of all exits' losses gives the
+    gradient of the separate passes' summed losses (the trunk's parts from each exit)."""
+    exits, batch = [1, 3], pixels[:2]
+
+    def loss(out):
+        aux = sum(a["pred_masks"].square().mean() for a in out["aux_outputs"])
+        return out["pred_logits"].square().mean() + out["pred_masks"].square().mean() + aux
+
+    def grads() -> dict:
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    model.zero_grad()
+    shared = model.forward_exits(batch, exits)
+    sum(loss(shared[k]) * (k + 1) for k in exits).backward()
+    together = grads()
+    model.zero_grad()
+    for k in exits:
+        (loss(model.forward_raw(batch, depth=k)) * (k + 1)).backward()
+    separate = grads()
+    model.zero_grad()
+    assert set(together) == set(separate)
+    for name, a in together.items():
+        b = separate[name]
+        # Summation order differs (one backward through the trunk vs two): relative to the largest entry.
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max(), name
+    prefix = "pixel_decoder.transformer.encoder.layers"
+    assert together[f"{prefix}.2.linear1.weight"].abs().sum() > 0  # exit 3 reached layer 2
+    assert f"{prefix}.3.linear1.weight" not in together  # no exit runs layer 3
+    assert together["backbone.conv1.weight"].abs().sum() > 0
+
+
 def test_all_exits_equal_separate_forwards(model, pixels):
     with torch.no_grad():
         everything = model.forward_all_exits(pixels[:2])
@@ -64,11 +115,12 @@ def test_all_exits_equal_separate_forwards(model, pixels):
         for k in everything["exits"]:
             single = model.forward_raw(pixels[:2], depth=k)
             out = everything["outputs"][k]
-            torch.testing.assert_close(out["pred_logits"], single["pred_logits"], atol=ATOL, rtol=0)
-            torch.testing.assert_close(out["pred_masks"], single["pred_masks"], atol=ATOL, rtol=0)
-            for a, b in zip(out["aux_outputs"], single["aux_outputs"]):
-                torch.testing.assert_close(a["pred_masks"], b["pred_masks"], atol=ATOL, rtol=0)
+            _assert_same_prediction(out, single)
+            assert "aux_outputs" not in out  # step 2 reads the final prediction only
+            torch.testing.assert_close(everything["encoder_states"][k], single["encoder_layer_out"][-1], atol=0, rtol=0)
         torch.testing.assert_close(everything["gate_features"], single["gate_features"])
+        coarsest = model.pixel_decoder.project(model.backbone(pixels[:2]))[0]
+        torch.testing.assert_close(everything["coarsest"], coarsest)
 
 
 @pytest.mark.parametrize(
@@ -80,9 +132,12 @@ def test_bad_depths_are_rejected(model, pixels, depth, message):
         model.forward_raw(pixels, depth=depth)
 
 
-def test_bad_exits_are_rejected(model, pixels):
+@pytest.mark.parametrize("exits", [[3, 2], [2, 2], [], [1, 7], [-1, 2], [1.0, 2]])
+def test_bad_exits_are_rejected(model, pixels, exits):
     with pytest.raises(ValueError, match="strictly increasing"):
-        model.forward_all_exits(pixels[:1], exits=[3, 2])
+        model.forward_all_exits(pixels[:1], exits=exits)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        model.forward_exits(pixels[:1], exits)
 
 
 def test_gradients_reach_only_executed_layers(model, pixels):

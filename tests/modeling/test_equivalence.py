@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ecom2f.checkpoint import import_mask2former, load_mask2former_state_dict
+from ecom2f.modeling.mask2former_checkpoint import import_mask2former, load_mask2former_state_dict
 
 REL_TOL = 1e-4
 # Mask decisions sit within ~1e-7 of their thresholds (README, meta.margins_json): allow a few flips.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ecom2f.modeling.config import GateConfig
+from ecom2f.config.model import GateConfig
 from ecom2f.modeling.gate import Gate, pool_gate_features, valid_cells
 from ecom2f.modeling.preprocessing import normalize_and_pad
 from tests.modeling.tiny import tiny_model

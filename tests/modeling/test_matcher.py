@@ -167,3 +167,98 @@ def test_cost_is_float32_inside_autocast():
         mixed = matcher.cost_matrix(logits, masks, labels, targets, torch.Generator().manual_seed(6))
     assert mixed.dtype == torch.float32
     torch.testing.assert_close(mixed, plain, rtol=0, atol=0)
+
+
+def _reference_cost(matcher, pred_logits, pred_masks, labels, masks, generator):
+    """The per-image cost as the matcher computed it before batching (kept verbatim as the reference)."""
+    if labels.shape[0] == 0:
+        return torch.zeros(pred_logits.shape[0], 0)
+    probs = pred_logits.float().softmax(-1)
+    cost_class = -probs[:, labels]
+    points = torch.rand(1, matcher.num_points, 2, device=pred_masks.device, generator=generator)
+    pred_points = point_sample(pred_masks[None].float(), points)[0]
+    target_points = point_sample(masks[None].to(pred_points), points)[0]
+    cost = (
+        matcher.cost_class * cost_class
+        + matcher.cost_mask * pairwise_sigmoid_ce_cost(pred_points, target_points)
+        + matcher.cost_dice * pairwise_dice_cost(pred_points, target_points)
+    )
+    return cost.cpu()
+
+
+def _reference_match(matcher, outputs, targets, generator):
+    """The old loop: one cost matrix, one host copy and one assignment per image."""
+    from scipy.optimize import linear_sum_assignment
+
+    indices = []
+    for image, target in enumerate(targets):
+        cost = _reference_cost(
+            matcher, outputs["pred_logits"][image], outputs["pred_masks"][image], target["labels"], target["masks"], generator
+        )
+        pred_idx, tgt_idx = linear_sum_assignment(cost.numpy())
+        indices.append((torch.as_tensor(pred_idx, dtype=torch.int64), torch.as_tensor(tgt_idx, dtype=torch.int64)))
+    return indices
+
+
+def _predictions_and_targets(seed: int, num_predictions: int = 4):
+    """Noisy predictions (final and aux) of 3 images with 4, 0 and 6 (> Q) targets."""
+    gen = torch.Generator().manual_seed(seed)
+    num_queries, num_classes = 5, 4
+    targets = []
+    for count in (4, 0, 6):
+        targets.append({
+            "labels": torch.randint(0, num_classes, (count,), generator=gen),
+            "masks": _blob_masks(count, 32, gen) if count else torch.zeros(0, 32, 32, dtype=torch.bool),
+        })
+    predictions = [
+        {
+            "pred_logits": torch.randn(3, num_queries, num_classes + 1, generator=gen) * 2,
+            "pred_masks": torch.randn(3, num_queries, 8, 8, generator=gen) * 3,
+        }
+        for _ in range(num_predictions)
+    ]
+    return predictions, targets
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_match_all_equals_the_per_image_loop_with_one_host_copy(seed):
+    from tests.modeling.sync_counter import SyncCounter
+
+    predictions, targets = _predictions_and_targets(seed)
+    matcher = HungarianMatcher(num_points=50)
+    with SyncCounter() as counter:
+        batched = matcher.match_all(predictions, targets, generator=torch.Generator().manual_seed(seed))
+    assert [name for name, _ in counter.calls] == ["cpu"]
+    gen = torch.Generator().manual_seed(seed)
+    expected = [_reference_match(matcher, prediction, targets, gen) for prediction in predictions]
+    assert len(batched) == len(predictions)
+    for got, want in zip(batched, expected):
+        assert len(got) == len(targets)
+        for (pred_a, tgt_a), (pred_b, tgt_b) in zip(got, want):
+            assert pred_a.dtype == tgt_a.dtype == torch.int64
+            assert torch.equal(pred_a, pred_b) and torch.equal(tgt_a, tgt_b)
+    assert [len(p) for p, _ in batched[0]] == [4, 0, 5]  # min(Q, T_i)
+    # The predictions differ, so equal results are not an accident of identical inputs.
+    assert len({tuple(pairs[0][0].tolist()) + tuple(pairs[2][0].tolist()) for pairs in batched}) > 1
+    # forward is the one-prediction case and draws the same points as the reference.
+    single = matcher(predictions[0], targets, generator=torch.Generator().manual_seed(seed))
+    reference = _reference_match(matcher, predictions[0], targets, torch.Generator().manual_seed(seed))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(single, reference))
+
+
+def test_match_all_names_the_prediction_with_nan_costs():
+    predictions, targets = _predictions_and_targets(3, num_predictions=3)
+    predictions[2]["pred_masks"][2, 1, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"image 2 \(prediction 2\) has NaN"):
+        HungarianMatcher(num_points=50).match_all(predictions, targets)
+
+
+def test_match_all_without_any_target_copies_nothing():
+    from tests.modeling.sync_counter import SyncCounter
+
+    empty = {"labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, 32, 32)}
+    predictions = [{"pred_logits": torch.randn(2, 5, 3), "pred_masks": torch.randn(2, 5, 8, 8)}] * 2
+    with SyncCounter() as counter:
+        indices = HungarianMatcher(num_points=16).match_all(predictions, [empty, empty])
+    assert counter.calls == []
+    assert [[p.numel() for p, _ in per_image] for per_image in indices] == [[0, 0], [0, 0]]

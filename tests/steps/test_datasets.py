@@ -43,8 +43,8 @@ def test_synthetic_splits_are_reused_and_regenerated_when_their_settings_change(
 
 def test_a_dataset_given_as_a_spec_in_the_config_loads(tiny_data_root):
     """data.val / depth.dataset may be an explicit spec instead of a registered name."""
-    from ecom2f.steps.depth_evaluator import depth_dataset
-    from ecom2f.steps.evaluate_images import validation_dataset
+    from ecom2f.steps.depth.stages import depth_dataset
+    from ecom2f.steps.evaluate.stages import validation_dataset
 
     split = tiny_data_root / "synthetic" / "val"
     spec = (f"{{format: coco_panoptic, image_root: {split / 'images'}, json: {split / 'panoptic.json'}, "

@@ -18,7 +18,7 @@ from ecom2f.data import collate_samples
 from ecom2f.evaluation import pq_single
 from ecom2f.modeling import build_model
 from ecom2f.modeling.flops import encoder_gflops
-from ecom2f.steps.depth_evaluator import AllExitsEvaluator, depth_dataset, per_image_seed
+from ecom2f.steps.depth.stages import AllExitsEvaluator, depth_dataset, per_image_seed
 from ecom2f.steps.parent import build_criterion, normalize_batch
 from tests.steps.conftest import tiny_config
 

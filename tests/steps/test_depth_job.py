@@ -17,8 +17,8 @@ import torch
 
 from ecom2f import storage
 from ecom2f.modeling import build_model
-from ecom2f.steps.depth import DEPTH_SCHEMA_VERSION, build_depth_dataset, derive_labels, load_depth_table
-from ecom2f.steps.depth_store import ROWS_SCHEMA, DepthTableError, shard_uri
+from ecom2f.steps.depth.job import DEPTH_SCHEMA_VERSION, build_depth_dataset, derive_labels, load_depth_table
+from ecom2f.steps.depth.table import ROWS_SCHEMA, DepthTableError, shard_uri
 from tests.steps.conftest import tiny_config
 
 EXITS = [1, 2, 3, 4, 5, 6]
@@ -90,7 +90,7 @@ def test_interrupted_run_resumes_exactly_on_s3(ray_cluster, s3_bucket, tiny_data
 
 
 def test_verification_catches_gaps_and_duplicates():
-    from ecom2f.steps.depth_store import verify_depth_table
+    from ecom2f.steps.depth.table import verify_depth_table
 
     rows = pd.DataFrame({"image_id": [1, 1, 2, 2], "exit": [1, 2, 1, 2]})
     features = pd.DataFrame({"image_id": [1, 2], "dataset_index": [0, 1]})

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ecom2f.steps.depth_labels import derive_labels, format_labels_summary, label_histogram, labels_summary
+from ecom2f.steps.depth.labels import derive_labels, format_labels_summary, label_histogram, labels_summary
 
 
 def _table(quality: dict[int, list[float]], exits=(1, 2, 3), gflops=None) -> pd.DataFrame:
@@ -118,8 +118,8 @@ def test_derivation_at_coco_scale_is_fast():
 def test_depth_labels_command_trades_off_the_chosen_quality(tmp_path, capsys):
     """``ecom2f depth-labels`` on a written table: PQ and mIoU give the labels worked out by hand."""
     from ecom2f import storage
-    from ecom2f.steps import depth_cli
-    from ecom2f.steps.depth_store import shard_tables, write_shard
+    from ecom2f.cli import depth as depth_cli
+    from ecom2f.steps.depth.table import shard_tables, write_shard
     from tests.conftest import REPO_ROOT
 
     exits = [2, 3, 4, 5, 6]

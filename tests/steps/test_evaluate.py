@@ -1,5 +1,6 @@
 """End-to-end evaluation: Ray Data on S3 against a direct per-image computation, crafted gates,
-the table-only estimate, the oracle, and bad input."""
+the table-only estimate, the oracle, and bad input; and, with the same trained tiny parent, the
+network in bf16 (evaluation and step 2's job) against fp32."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import math
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from pycocotools import mask as mask_utils
@@ -16,14 +18,25 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ecom2f import storage
+from ecom2f.config.model import GateConfig
 from ecom2f.data import collate_samples
 from ecom2f.evaluation import PQStat, pq_single
 from ecom2f.modeling import build_model
-from ecom2f.modeling.config import GateConfig
 from ecom2f.modeling.flops import encoder_gflops
 from ecom2f.modeling.gate import Gate
-from ecom2f.steps.evaluate import chosen_gate_dirs, evaluate, load_per_image, load_summary, table_estimate
-from ecom2f.steps.evaluate_images import validation_dataset
+from ecom2f.steps.depth.job import build_depth_dataset, load_depth_table
+from ecom2f.steps.depth.stages import AllExitsEvaluator
+from ecom2f.steps.depth.table import ROWS_SCHEMA, depth_config_hash
+from ecom2f.steps.evaluate.job import (
+    ValidationScorer,
+    chosen_gate_dirs,
+    evaluate,
+    load_per_image,
+    load_summary,
+    table_estimate,
+)
+from ecom2f.steps.evaluate.stages import categories_of, validation_dataset
+from ecom2f.steps.evaluate.summary import summarize
 from ecom2f.steps.parent import build_criterion, normalize_batch
 from tests.steps.conftest import tiny_config
 
@@ -61,7 +74,7 @@ def _save_state(state: dict, uri: str) -> None:
 
 
 def _save_gate(folder: str, gate: Gate, channels: int, validation: dict) -> None:
-    """Step 3's layout (ecom2f.steps.gate_store): gate.pt, then gate.json with channels, gate_config, validation."""
+    """Step 3's layout (ecom2f.steps.gate.store): gate.pt, then gate.json with channels, gate_config, validation."""
     _save_state(gate.state_dict(), storage.join(folder, "gate.pt"))
     storage.write_text(storage.join(folder, "gate.json"),
                        json.dumps({"channels": channels, "gate_config": gate.config.model_dump(mode="json"),
@@ -250,7 +263,7 @@ def test_bad_input_fails_early_with_a_clear_message(tiny_data_root, tmp_path):
     config = tiny_config(tiny_data_root, tmp_path / "runs", "evaluation.depths=[1,3]")
     with pytest.raises(FileNotFoundError, match="model_final.pth.*run step 1"):
         evaluate(config)
-    from ecom2f.steps.evaluate import fixed_depths
+    from ecom2f.steps.evaluate.job import fixed_depths
 
     with pytest.raises(ValueError, match=r"evaluation.depths \[2, 9\]"):
         fixed_depths(tiny_config(tiny_data_root, tmp_path / "runs", "evaluation.depths=[2,9]"))
@@ -261,9 +274,73 @@ def test_table_estimate_reads_the_gate_metadata():
     assert table_estimate({"validation": {"pq": 0.41, "mean_layers": 3.5, "mean_gflops": 1.2, "utility": 0.3}}) == {
         "pq": 0.41, "mean_layers": 3.5, "mean_gflops": 1.2, "utility": 0.3}
     assert table_estimate({"metrics": {"val_pq": 0.2, "val_mean_layers": 4}}) == {"pq": 0.2, "mean_layers": 4.0}
-    # What step 3's train_gate reports (ecom2f.steps.gate_search), under "validation" in gate.json.
+    # What step 3's train_gate reports (ecom2f.steps.gate.train), under "validation" in gate.json.
     assert table_estimate({"validation": {"val_pq": 0.5, "val_layers": 3.2, "val_gflops": 0.4, "val_utility": 0.45,
                                           "oracle_pq": 0.6}}) == {"pq": 0.5, "mean_layers": 3.2, "mean_gflops": 0.4,
                                                                    "utility": 0.45}
     assert table_estimate({"pq": 0.3}) == {"pq": 0.3}
     assert table_estimate({"gate": {}}) == {}
+
+
+# bf16 keeps 8 significant bits: each rounding is off by at most 2^-9 relative, and the logits of
+# these ~20 layers end up off by about 1%. A pixel changes segment only where its two best scores
+# are that close, a handful of pixels per 64x64 image; a matched segment's IoU then moves by about
+# 1/its area (~1e-3 here), and a match flips only if its IoU sits within that of 0.5. Measured with
+# this parent: |PQ_bf16 - PQ_fp32| <= 0.0021 per image and exit, <= 0.0006 per dataset; mIoU
+# 0.0026, mask AP 0.0033 per dataset; losses 0.8%. PQ_TOLERANCE allows a few pixels per segment,
+# well below the 0.05-0.1 that one of the ~10 matched segments flipping would cause.
+PQ_TOLERANCE = 0.01
+
+
+def test_bf16_evaluation_is_close_to_fp32(tiny_data_root, tmp_path, trained_state):
+    rows = {}
+    for precision in ("fp32", "bf16"):
+        config = tiny_config(tiny_data_root, tmp_path / "runs", *EVAL_OVERRIDES, f"evaluation.precision={precision}")
+        weights_uri = storage.join(config.storage.layout().parent, "model_final.pth")
+        _save_state(trained_state, weights_uri)
+        scorer = ValidationScorer(config.model_dump(mode="json"), weights_uri, gate_dirs={}, device="cpu")
+        rows[precision] = scorer({"index": np.arange(4)})
+    fp32, bf16 = rows["fp32"], rows["bf16"]
+    assert list(bf16.columns) == list(fp32.columns) and bf16.dtypes.equals(fp32.dtypes)
+    assert bf16[["image_id", "variant", "depth"]].equals(fp32[["image_id", "variant", "depth"]])
+    categories = categories_of(validation_dataset(config).metadata)
+    tasks = config.evaluation.tasks
+    exact, close = (summarize(r, categories, tasks, config.model.num_things).set_index("variant") for r in (fp32, bf16))
+    assert exact.loc["depth_6", "pq"] > 0.05, "the trained parent should find segments, or PQ compares zeros"
+    for variant in ("depth_1", "depth_3", "depth_6", "oracle"):
+        for column in ("pq", "pq_things", "pq_stuff", "miou"):
+            assert close.loc[variant, column] == pytest.approx(exact.loc[variant, column], abs=PQ_TOLERANCE)
+        assert close.loc[variant, "mask_ap"] == pytest.approx(exact.loc[variant, "mask_ap"], abs=0.05)
+    assert np.abs(bf16["image_pq"] - fp32["image_pq"]).max() <= PQ_TOLERANCE
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_bf16_step2_job_keeps_the_table_and_is_close_to_fp32(ray_cluster, tiny_data_root, tmp_path, trained_state):
+    """Step 2 on Ray with ``depth.precision=bf16`` and the default pools (``depth.num_actors`` null:
+    one model actor at half a CPU on this CPU cluster), on the 4 images the parent was trained on."""
+    overrides = ("storage.run=bf16", "depth.dataset=synthetic_panoptic_val", "depth.gate_feature_grid=2",
+                 "gate.grid_sizes=[2]", "depth.batch_size=2", "depth.num_actors=null",
+                 "model.test.object_mask_threshold=0.0")
+    config = tiny_config(tiny_data_root, tmp_path / "runs", *overrides, "depth.precision=bf16")
+    fp32_config = tiny_config(tiny_data_root, tmp_path / "runs", *overrides, "depth.precision=fp32")
+    assert config.depth.num_actors is None
+    weights_uri = storage.join(config.storage.layout().parent, "model_final.pth")
+    _save_state(trained_state, weights_uri)
+
+    depth_uri = build_depth_dataset(config)
+    rows, features = load_depth_table(depth_uri)
+    assert pa.Schema.from_pandas(rows, preserve_index=False).remove_metadata().equals(ROWS_SCHEMA)
+    manifest = json.loads(storage.read_text(storage.join(depth_uri, "_SUCCESS.json")))
+    assert manifest["precision"] == "bf16" and manifest["num_rows"] == 4 * 6
+    assert depth_config_hash(config, weights_uri) != depth_config_hash(fp32_config, weights_uri)
+
+    exact = AllExitsEvaluator(fp32_config.model_dump(mode="json"), weights_uri, device="cpu")({"index": np.arange(4)})
+    close = rows.set_index(["image_id", "exit"])
+
+    def table(column):  # [images, exits] in the order of the in-process result
+        return np.array([[close.loc[(int(image), k), column] for k in range(1, 7)] for image in exact["image_id"]])
+
+    assert np.nanmean(exact["pq"]) > 0.05, "the trained parent should find segments, or PQ compares zeros"
+    np.testing.assert_allclose(table("pq"), exact["pq"], atol=PQ_TOLERANCE)
+    np.testing.assert_allclose(table("loss"), exact["loss"], rtol=0.03)

@@ -14,10 +14,12 @@ import pytest
 import torch
 
 from ecom2f import storage
-from ecom2f.modeling.config import GateConfig
+from ecom2f.config.model import GateConfig
 from ecom2f.modeling.gate import Gate, pool_gate_features
-from ecom2f.steps.gate_data import GateTable, derive_labels, load_gate_table, split_images
-from ecom2f.steps.gate_search import (
+from ecom2f.steps.gate.data import GateTable, derive_labels, load_gate_table, split_images
+from ecom2f.steps.gate.select import select_for_budgets
+from ecom2f.steps.gate.store import load_gate, write_gate
+from ecom2f.steps.gate.train import (
     GateTrial,
     fold_standardisation,
     gate_inputs,
@@ -26,8 +28,6 @@ from ecom2f.steps.gate_search import (
     reference_metrics,
     train_gate,
 )
-from ecom2f.steps.gate_select import select_for_budgets
-from ecom2f.steps.gate_store import load_gate, write_gate
 
 EXITS = np.array([2, 3, 4, 5, 6])
 

@@ -18,11 +18,11 @@ import pandas as pd
 import pytest
 
 from ecom2f import storage
-from ecom2f.steps import gate_cli
-from ecom2f.steps.gate_data import split_images
-from ecom2f.steps.gate_search import realised_metrics
-from ecom2f.steps.gate_store import load_gate
-from ecom2f.steps.gate_tune import tune_gates
+from ecom2f.cli import gate as gate_cli
+from ecom2f.steps.gate.data import split_images
+from ecom2f.steps.gate.store import load_gate
+from ecom2f.steps.gate.train import realised_metrics
+from ecom2f.steps.gate.tune import tune_gates
 from tests.conftest import REPO_ROOT
 from tests.steps.conftest import TINY_OVERRIDES, tiny_config
 from tests.steps.test_gate_search import planted_table, write_depth_table
@@ -131,7 +131,7 @@ def test_a_killed_search_resumes_with_tuner_restore(ray_cluster, tmp_path, caplo
                if max(int(c.name.split("_")[1]) for c in path.parent.glob("checkpoint_*")) < 11]
     assert cut_off, "the kill came after every checkpointed trial had finished"
 
-    with caplog.at_level(logging.INFO, logger="ecom2f.steps.gate_tune"):
+    with caplog.at_level(logging.INFO, logger="ecom2f.steps.gate.tune"):
         tune_gates(config)
     assert any("resuming the gate search" in record.getMessage() for record in caplog.records)
     summary = json.loads(storage.read_text(storage.join(layout.gates, "_SUCCESS.json")))

@@ -12,8 +12,10 @@ import torch
 from ecom2f import storage
 from ecom2f.engine.lr_schedule import lr_multiplier
 from ecom2f.modeling import build_model
-from ecom2f.steps.metrics_log import read_metrics
-from ecom2f.steps.parent_job import launch_parent_training
+from ecom2f.steps.parent import launch_parent_training
+from ecom2f.steps.parent.job import check_resume_compatible
+from ecom2f.steps.parent.metrics_log import read_metrics
+from ecom2f.steps.parent.state import ResumeError
 from tests.conftest import REPO_ROOT
 from tests.infra.s3_server import ACCESS_KEY_ID
 from tests.steps.conftest import tiny_config
@@ -38,7 +40,7 @@ def test_two_workers_on_s3_resume_after_a_worker_failure(ray_cluster, s3_bucket,
     reports = read_metrics(layout.parent)
     assert [r["step"] for r in reports] == [1, 2, 3, 4, 5, 6]
     assert [r["resumed_from"] for r in reports] == [0, 0, 2, 2, 2, 2]
-    assert [r["samples_consumed"] for r in reports] == [2 * step for step in range(1, 7)]  # 2 images per rank
+    assert [r["samples_consumed"] for r in reports] == [4 * step for step in range(1, 7)]  # 2 ranks x 2 images
     schedule = dict(max_iter=6, schedule="multistep", steps=[4], gamma=0.1, warmup_iters=0)
     base_lr = config.solver.base_lr
     assert [r["lr"] for r in reports] == pytest.approx([base_lr * lr_multiplier(s, **schedule) for s in range(1, 7)])
@@ -53,6 +55,16 @@ def test_two_workers_on_s3_resume_after_a_worker_failure(ray_cluster, s3_bucket,
     model = build_model(config.model)
     model.load_state_dict(torch.load(local, weights_only=True), strict=True)
     assert storage.list_uris(storage.join(layout.parent, "tensorboard"))
+
+    # The driver reads the newest checkpoint's world size and ZeRO stage from Ray Train's run
+    # folder before any worker starts: stage 0 resumes on another number of workers, a changed
+    # stage (or a sharded stage on another number of workers) is refused with what to set.
+    filesystem, storage_path = storage.pyarrow_filesystem(layout.parent)
+    check_resume_compatible(config.model_copy(update={"ray": config.ray.model_copy(update={"num_workers": 1})}),
+                            filesystem, storage_path)
+    sharded = config.model_copy(update={"parent": config.parent.model_copy(update={"zero_stage": 2})})
+    with pytest.raises(ResumeError, match="parent.zero_stage=0 to resume it"):
+        check_resume_compatible(sharded, filesystem, storage_path)
 
 
 def _cli(*args, env=None):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ecom2f.steps.datasets import training_dataset
 from ecom2f.data import collate_samples
 from ecom2f.modeling import build_model
+from ecom2f.steps.datasets import training_dataset
 from ecom2f.steps.parent import WEIGHTS_FILE, build_criterion, normalize_batch, train_parent
-from ecom2f.steps.session import LocalSession
+from ecom2f.steps.parent.session import LocalSession
 from tests import distributed
 from tests.steps.conftest import tiny_config
 

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from ecom2f import storage
-from ecom2f.report import gates_vs_fixed, oracle_beats_fixed, oracle_vs_fixed, summary_markdown, write_report
-from ecom2f.report_plots import FIXED_LABEL, ORACLE_LABEL, depth_histogram_figure, difficulty_figure, pareto_figure
+from ecom2f.report.plots import FIXED_LABEL, ORACLE_LABEL, depth_histogram_figure, difficulty_figure, pareto_figure
+from ecom2f.report.write import gates_vs_fixed, oracle_beats_fixed, oracle_vs_fixed, summary_markdown, write_report
 from tests.steps.conftest import tiny_config
 
 EXITS = [2, 3, 4, 5, 6]
@@ -83,7 +83,7 @@ def test_pareto_figure_holds_the_three_series():
 
 
 def test_histogram_and_difficulty_figures_hold_the_derived_labels():
-    from ecom2f.steps.depth_labels import derive_labels
+    from ecom2f.steps.depth.labels import derive_labels
 
     rows, need = _depth_rows()
     labels = {beta: derive_labels(rows, beta, cost="layers", exits=EXITS) for beta in (0.0, 0.2)}

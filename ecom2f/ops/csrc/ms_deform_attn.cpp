@@ -4,8 +4,37 @@
 #include <torch/library.h>
 
 #include "ms_deform_attn.h"
+#include "ms_deform_attn_common.h"
+
+// setup.py passes the CUDA targets it compiled as -DECOM2F_CUDA_TARGETS=sm_80,sm_90,compute_90
+// (plain tokens, so no quoting survives or breaks the build commands).
+#define ECOM2F_STRINGIFY(...) #__VA_ARGS__
+#define ECOM2F_EXPAND_STRINGIFY(...) ECOM2F_STRINGIFY(__VA_ARGS__)
 
 namespace ecom2f {
+
+const char* cuda_targets() {
+#if defined(ECOM2F_CUDA_TARGETS)
+  return ECOM2F_EXPAND_STRINGIFY(ECOM2F_CUDA_TARGETS);
+#else
+  return "";
+#endif
+}
+
+bool is_reduced_float(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
+
+void check_msda_dtypes(at::ScalarType value, at::ScalarType locations, at::ScalarType weights) {
+  TORCH_CHECK(value == at::kFloat || value == at::kDouble || is_reduced_float(value),
+              "ms_deform_attn: value must be float32, float64, float16 or bfloat16, got ", value);
+  // bf16 locations quantise to 2^-8 of the map (up to ~0.6 px on a 167-wide level), so
+  // half-precision values may pair with fp32 locations and weights.
+  const auto allowed = [&](at::ScalarType t) { return t == value || (is_reduced_float(value) && t == at::kFloat); };
+  TORCH_CHECK(allowed(locations) && allowed(weights), "ms_deform_attn: sampling_locations (", locations,
+              ") and attention_weights (", weights, ") do not fit value (", value,
+              "): they must have value's dtype, or float32 when value is float16/bfloat16 (cast them with .float())");
+  TORCH_CHECK(locations == weights, "ms_deform_attn: sampling_locations (", locations, ") and attention_weights (",
+              weights, ") must share one dtype; cast both with .float()");
+}
 
 MsdaDims check_msda_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
                            const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
@@ -22,10 +51,7 @@ MsdaDims check_msda_inputs(const at::Tensor& value, const at::Tensor& spatial_sh
   TORCH_CHECK(spatial_shapes.scalar_type() == at::kLong && level_start_index.scalar_type() == at::kLong,
               "ms_deform_attn: spatial_shapes and level_start_index must be int64, got ",
               spatial_shapes.scalar_type(), " and ", level_start_index.scalar_type());
-  TORCH_CHECK(sampling_locations.scalar_type() == value.scalar_type() &&
-                  attention_weights.scalar_type() == value.scalar_type(),
-              "ms_deform_attn: value, sampling_locations and attention_weights must share one dtype, got ",
-              value.scalar_type(), ", ", sampling_locations.scalar_type(), " and ", attention_weights.scalar_type());
+  check_msda_dtypes(value.scalar_type(), sampling_locations.scalar_type(), attention_weights.scalar_type());
   const auto device = value.device();
   TORCH_CHECK(spatial_shapes.device() == device && level_start_index.device() == device &&
                   sampling_locations.device() == device && attention_weights.device() == device,
@@ -58,9 +84,15 @@ void check_level_layout(const at::Tensor& spatial_shapes, const at::Tensor& leve
   for (int64_t l = 0; l < shapes.size(0); ++l) {
     TORCH_CHECK(hw[2 * l] > 0 && hw[2 * l + 1] > 0, "ms_deform_attn: spatial_shapes[", l, "] = (", hw[2 * l], ", ",
                 hw[2 * l + 1], ") must be positive");
+    TORCH_CHECK(hw[2 * l] <= kMaxLevelSide && hw[2 * l + 1] <= kMaxLevelSide, "ms_deform_attn: spatial_shapes[", l,
+                "] = (", hw[2 * l], ", ", hw[2 * l + 1], ") has a side above ", kMaxLevelSide,
+                " (2^24), beyond which float32 cannot address single pixels");
     TORCH_CHECK(start[l] == total, "ms_deform_attn: level_start_index[", l, "] = ", start[l],
                 " is inconsistent with spatial_shapes (expected ", total, ", the sum of h*w of the levels before)");
+    // Sides are at most 2^24, so h*w cannot overflow; stopping once past S keeps the sum small.
     total += hw[2 * l] * hw[2 * l + 1];
+    TORCH_CHECK(total <= tokens, "ms_deform_attn: value has S=", tokens, " tokens but spatial_shapes[0..", l,
+                "] already sum to ", total, " (S must equal sum of h*w)");
   }
   TORCH_CHECK(total == tokens, "ms_deform_attn: value has S=", tokens,
               " tokens but spatial_shapes sums to ", total, " (S must equal sum of h*w)");
@@ -77,8 +109,14 @@ TORCH_LIBRARY(ecom2f, m) {
       "Tensor level_start_index, Tensor sampling_locations, Tensor attention_weights) -> (Tensor, Tensor, Tensor)");
 }
 
-// `import ecom2f._C` loads this library, which registers the op with the dispatcher.
+// `import ecom2f._C` loads this library, which registers the op with the dispatcher. The
+// module's one attribute, cuda_targets, says which GPU code it holds (see cuda_targets()).
 extern "C" PyObject* PyInit__C(void) {
   static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "ecom2f custom ops", -1, nullptr};
-  return PyModule_Create(&module);
+  PyObject* m = PyModule_Create(&module);
+  if (m != nullptr && PyModule_AddStringConstant(m, "cuda_targets", ecom2f::cuda_targets()) != 0) {
+    Py_DECREF(m);
+    return nullptr;
+  }
+  return m;
 }

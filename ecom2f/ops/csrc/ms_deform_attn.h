@@ -17,6 +17,18 @@ struct MsdaDims {
   int64_t points;    // P
 };
 
+// The GPU code compiled into this library, comma-separated as cuobjdump names it
+// ("sm_80,sm_90,compute_90": cubins, then PTX); "" for a CPU-only build, or when setup.py
+// could not tell (an arch list torch expands itself, such as "native").
+const char* cuda_targets();
+
+// Whether t is float16 or bfloat16.
+bool is_reduced_float(at::ScalarType t);
+
+// Allowed: all three of one floating dtype, or value float16/bfloat16 with float32
+// sampling_locations and attention_weights (the mixed-precision case).
+void check_msda_dtypes(at::ScalarType value, at::ScalarType locations, at::ScalarType weights);
+
 // Ranks, sizes, dtypes and devices; raises c10::Error naming the argument.
 MsdaDims check_msda_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
                            const at::Tensor& level_start_index, const at::Tensor& sampling_locations,

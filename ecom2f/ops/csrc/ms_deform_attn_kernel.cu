@@ -1,17 +1,22 @@
 // CUDA kernels of multi-scale deformable attention.
 //
+// Template parameters: scalar_t is the dtype of value / output / grad_output, loc_t that
+// of the sampling locations, attention weights and their gradients (scalar_t, or float
+// with fp16/bf16 values).
+//
 // One warp per output row (n, q, h); its 32 lanes walk the D channels of the head, so
 // every corner gather reads D contiguous values (coalesced). The corner geometry comes
 // from ms_deform_attn_common.h, shared with the CPU kernels. Accumulation is in fp32
 // (fp64 for fp64 inputs). In the backward, grad_value is scattered with atomics into an
 // fp32/fp64 buffer, and the location / attention gradients are reduced across the warp
-// with shuffles: nothing of size N*Q*H*L*P*D is materialised.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
-#include <type_traits>
-
+// with shuffles: nothing of size N*Q*H*L*P*D is materialised. The backward writes every
+// element of grad_locations / grad_weights itself (zeros for points outside the map and
+// for skipped levels), so those need no memset.
+//
+// A level that fails level_in_bounds is skipped. The test depends only on the level, so
+// it is uniform across the warp and the full-mask shuffles stay safe.
 #include "ms_deform_attn_common.h"
+#include "ms_deform_attn_device.cuh"
 #include "ms_deform_attn_kernel.h"
 
 namespace ecom2f {
@@ -20,31 +25,6 @@ namespace {
 constexpr int kWarpSize = 32;
 constexpr int kRowsPerBlock = 8;  // warps per block
 
-template <typename T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T, typename A>
-__device__ __forceinline__ T from_acc(A v) {
-  if constexpr (std::is_same_v<T, __half>) {
-    return __float2half(static_cast<float>(v));
-  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    return __float2bfloat16(static_cast<float>(v));
-  } else {
-    return static_cast<T>(v);
-  }
-}
-
 template <typename A>
 __device__ __forceinline__ A warp_sum(A v) {
 #pragma unroll
@@ -52,10 +32,10 @@ __device__ __forceinline__ A warp_sum(A v) {
   return v;
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename loc_t>
 __global__ void msda_forward_kernel(const scalar_t* __restrict__ value, const int64_t* __restrict__ shapes,
-                                    const int64_t* __restrict__ starts, const scalar_t* __restrict__ locations,
-                                    const scalar_t* __restrict__ weights, scalar_t* __restrict__ output,
+                                    const int64_t* __restrict__ starts, const loc_t* __restrict__ locations,
+                                    const loc_t* __restrict__ weights, scalar_t* __restrict__ output,
                                     const MsdaShape s) {
   using acc_t = typename AccOf<scalar_t>::type;
   const int64_t rows = s.batch * s.queries * s.heads;
@@ -72,6 +52,7 @@ __global__ void msda_forward_kernel(const scalar_t* __restrict__ value, const in
       acc_t acc = 0;
       for (int64_t l = 0; l < s.levels; ++l) {
         const int64_t height = shapes[2 * l], width = shapes[2 * l + 1];
+        if (!level_in_bounds(starts[l], height, width, s.tokens)) continue;
         const scalar_t* level_value = value + (n * s.tokens + starts[l]) * token_stride + h * s.head_dim + j;
         for (int64_t p = 0; p < s.points; ++p) {
           const int64_t i = first + l * s.points + p;
@@ -92,12 +73,12 @@ __global__ void msda_forward_kernel(const scalar_t* __restrict__ value, const in
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename loc_t>
 __global__ void msda_backward_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ value,
                                      const int64_t* __restrict__ shapes, const int64_t* __restrict__ starts,
-                                     const scalar_t* __restrict__ locations, const scalar_t* __restrict__ weights,
+                                     const loc_t* __restrict__ locations, const loc_t* __restrict__ weights,
                                      typename AccOf<scalar_t>::type* __restrict__ grad_value,
-                                     scalar_t* __restrict__ grad_locations, scalar_t* __restrict__ grad_weights,
+                                     loc_t* __restrict__ grad_locations, loc_t* __restrict__ grad_weights,
                                      const MsdaShape s) {
   using acc_t = typename AccOf<scalar_t>::type;
   const int64_t rows = s.batch * s.queries * s.heads;
@@ -113,6 +94,12 @@ __global__ void msda_backward_kernel(const scalar_t* __restrict__ grad_output, c
     const scalar_t* go = grad_output + row * s.head_dim;
     for (int64_t l = 0; l < s.levels; ++l) {
       const int64_t height = shapes[2 * l], width = shapes[2 * l + 1];
+      if (!level_in_bounds(starts[l], height, width, s.tokens)) {
+        for (int64_t i = first + l * s.points + lane; i < first + (l + 1) * s.points; i += kWarpSize) {
+          write_point_grads(grad_locations, grad_weights, i, 0.0f, 0.0f, 0.0f);
+        }
+        continue;
+      }
       const int64_t level_offset = (n * s.tokens + starts[l]) * token_stride + h * s.head_dim;
       const scalar_t* level_value = value + level_offset;
       acc_t* level_grad = grad_value + level_offset;
@@ -120,7 +107,8 @@ __global__ void msda_backward_kernel(const scalar_t* __restrict__ grad_output, c
         const int64_t i = first + l * s.points + p;
         BilinearCorners<acc_t> c;
         if (!bilinear_corners<acc_t>(to_acc(locations[2 * i]), to_acc(locations[2 * i + 1]), height, width, c)) {
-          continue;  // gradients were zero-initialised
+          if (lane == 0) write_point_grads(grad_locations, grad_weights, i, 0.0f, 0.0f, 0.0f);
+          continue;
         }
         const acc_t a = to_acc(weights[i]);
         acc_t g_weight = 0, g_x = 0, g_y = 0;
@@ -140,11 +128,7 @@ __global__ void msda_backward_kernel(const scalar_t* __restrict__ grad_output, c
         g_weight = warp_sum(g_weight);
         g_x = warp_sum(g_x);
         g_y = warp_sum(g_y);
-        if (lane == 0) {
-          grad_weights[i] = from_acc<scalar_t>(g_weight);
-          grad_locations[2 * i] = from_acc<scalar_t>(a * g_x);
-          grad_locations[2 * i + 1] = from_acc<scalar_t>(a * g_y);
-        }
+        if (lane == 0) write_point_grads(grad_locations, grad_weights, i, a * g_x, a * g_y, g_weight);
       }
     }
   }
@@ -156,73 +140,51 @@ dim3 grid_for(const MsdaShape& s) {
   return dim3(static_cast<unsigned>(blocks < (1 << 30) ? blocks : (1 << 30)));
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename loc_t>
 cudaError_t forward_typed(const void* value, const int64_t* shapes, const int64_t* starts, const void* locations,
                           const void* weights, void* output, const MsdaShape& s, cudaStream_t stream) {
   if (s.batch * s.queries * s.heads == 0) return cudaSuccess;
-  msda_forward_kernel<scalar_t><<<grid_for(s), dim3(kWarpSize, kRowsPerBlock), 0, stream>>>(
-      static_cast<const scalar_t*>(value), shapes, starts, static_cast<const scalar_t*>(locations),
-      static_cast<const scalar_t*>(weights), static_cast<scalar_t*>(output), s);
+  msda_forward_kernel<scalar_t, loc_t><<<grid_for(s), dim3(kWarpSize, kRowsPerBlock), 0, stream>>>(
+      static_cast<const scalar_t*>(value), shapes, starts, static_cast<const loc_t*>(locations),
+      static_cast<const loc_t*>(weights), static_cast<scalar_t*>(output), s);
   return cudaGetLastError();
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename loc_t>
 cudaError_t backward_typed(const void* grad_output, const void* value, const int64_t* shapes, const int64_t* starts,
                            const void* locations, const void* weights, void* grad_value, void* grad_locations,
                            void* grad_weights, const MsdaShape& s, cudaStream_t stream) {
   if (s.batch * s.queries * s.heads == 0) return cudaSuccess;
   using acc_t = typename AccOf<scalar_t>::type;
-  msda_backward_kernel<scalar_t><<<grid_for(s), dim3(kWarpSize, kRowsPerBlock), 0, stream>>>(
+  msda_backward_kernel<scalar_t, loc_t><<<grid_for(s), dim3(kWarpSize, kRowsPerBlock), 0, stream>>>(
       static_cast<const scalar_t*>(grad_output), static_cast<const scalar_t*>(value), shapes, starts,
-      static_cast<const scalar_t*>(locations), static_cast<const scalar_t*>(weights), static_cast<acc_t*>(grad_value),
-      static_cast<scalar_t*>(grad_locations), static_cast<scalar_t*>(grad_weights), s);
+      static_cast<const loc_t*>(locations), static_cast<const loc_t*>(weights), static_cast<acc_t*>(grad_value),
+      static_cast<loc_t*>(grad_locations), static_cast<loc_t*>(grad_weights), s);
   return cudaGetLastError();
 }
 
 }  // namespace
 
-cudaError_t launch_msda_forward(MsdaDtype dtype, const void* value, const int64_t* spatial_shapes,
-                                const int64_t* level_start_index, const void* sampling_locations,
-                                const void* attention_weights, void* output, const MsdaShape& shape,
-                                cudaStream_t stream) {
-  switch (dtype) {
-    case MsdaDtype::kFloat32:
-      return forward_typed<float>(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-                                  output, shape, stream);
-    case MsdaDtype::kFloat64:
-      return forward_typed<double>(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-                                   output, shape, stream);
-    case MsdaDtype::kFloat16:
-      return forward_typed<__half>(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-                                   output, shape, stream);
-    case MsdaDtype::kBFloat16:
-      return forward_typed<__nv_bfloat16>(value, spatial_shapes, level_start_index, sampling_locations,
+cudaError_t launch_msda_forward(MsdaDtype value_dtype, MsdaDtype location_dtype, const void* value,
+                                const int64_t* spatial_shapes, const int64_t* level_start_index,
+                                const void* sampling_locations, const void* attention_weights, void* output,
+                                const MsdaShape& shape, cudaStream_t stream) {
+  return dispatch_dtypes(value_dtype, location_dtype, [&]<typename scalar_t, typename loc_t>() {
+    return forward_typed<scalar_t, loc_t>(value, spatial_shapes, level_start_index, sampling_locations,
                                           attention_weights, output, shape, stream);
-  }
-  return cudaErrorInvalidValue;
+  });
 }
 
-cudaError_t launch_msda_backward(MsdaDtype dtype, const void* grad_output, const void* value,
-                                 const int64_t* spatial_shapes, const int64_t* level_start_index,
+cudaError_t launch_msda_backward(MsdaDtype value_dtype, MsdaDtype location_dtype, const void* grad_output,
+                                 const void* value, const int64_t* spatial_shapes, const int64_t* level_start_index,
                                  const void* sampling_locations, const void* attention_weights, void* grad_value_acc,
                                  void* grad_locations, void* grad_weights, const MsdaShape& shape,
                                  cudaStream_t stream) {
-  switch (dtype) {
-    case MsdaDtype::kFloat32:
-      return backward_typed<float>(grad_output, value, spatial_shapes, level_start_index, sampling_locations,
-                                   attention_weights, grad_value_acc, grad_locations, grad_weights, shape, stream);
-    case MsdaDtype::kFloat64:
-      return backward_typed<double>(grad_output, value, spatial_shapes, level_start_index, sampling_locations,
-                                    attention_weights, grad_value_acc, grad_locations, grad_weights, shape, stream);
-    case MsdaDtype::kFloat16:
-      return backward_typed<__half>(grad_output, value, spatial_shapes, level_start_index, sampling_locations,
-                                    attention_weights, grad_value_acc, grad_locations, grad_weights, shape, stream);
-    case MsdaDtype::kBFloat16:
-      return backward_typed<__nv_bfloat16>(grad_output, value, spatial_shapes, level_start_index, sampling_locations,
+  return dispatch_dtypes(value_dtype, location_dtype, [&]<typename scalar_t, typename loc_t>() {
+    return backward_typed<scalar_t, loc_t>(grad_output, value, spatial_shapes, level_start_index, sampling_locations,
                                            attention_weights, grad_value_acc, grad_locations, grad_weights, shape,
                                            stream);
-  }
-  return cudaErrorInvalidValue;
+  });
 }
 
 }  // namespace ecom2f

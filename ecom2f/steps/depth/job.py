@@ -1,0 +1,169 @@
+"""ECO-M2F step 2 on Ray Data: the parent at every exit on every training image -> parquet.
+
+``build_depth_dataset(config)`` streams the dataset positions of the shards not yet complete
+through three Ray Data stages (``ecom2f.steps.depth.stages``): CPU loaders, model actors
+(weights loaded once per actor; one per GPU by default) and CPU scorers, and writes each shard
+as soon as all its images are back. Rerunning skips complete shards; a
+batch that fails leaves its shard incomplete, the others are still written, and the job
+fails loudly at the end (rerun to finish). The table is then checked to hold exactly one
+row per (image, exit) and ``_SUCCESS.json`` is written last.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import math
+from collections import defaultdict
+
+import numpy as np
+
+from ecom2f import storage
+from ecom2f.config import Config
+from ecom2f.config.data import dataset_spec
+from ecom2f.errors import MissingStepError
+from ecom2f.steps.depth.labels import derive_labels, format_labels_summary, label_histogram, labels_summary
+from ecom2f.steps.depth.stages import (
+    AllExitsEvaluator,
+    AllExitsModel,
+    DepthLoader,
+    DepthScorer,
+    depth_dataset,
+    depth_scoring,
+)
+from ecom2f.steps.depth.table import (
+    DEPTH_SCHEMA_VERSION,
+    MANIFEST,
+    DepthTableError,
+    completed_shards,
+    depth_config_hash,
+    load_depth_table,
+    shard_tables,
+    verify_depth_table,
+    write_shard,
+)
+from ecom2f.steps.ray_cluster import Stage, init_ray, stage_plans, staged_dataset
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEPTH_SCHEMA_VERSION", "AllExitsEvaluator", "DepthTableError", "build_depth_dataset", "derive_labels",
+    "format_labels_summary", "label_histogram", "labels_summary", "load_depth_table", "depth_dataset",
+]
+
+def _shard_positions(shard: int, shard_size: int, num_images: int) -> range:
+    return range(shard * shard_size, min((shard + 1) * shard_size, num_images))
+
+
+def _prepare(config: Config):
+    from ecom2f.steps.datasets import ensure_synthetic_data
+    from ecom2f.steps.parent import WEIGHTS_FILE
+
+    layout = config.storage.layout()
+    storage.preflight(layout.run_uri)
+    weights_uri = storage.join(layout.parent, WEIGHTS_FILE)
+    if not storage.exists(weights_uri):
+        raise MissingStepError(f"step 2 needs the parent weights at {weights_uri}; run step 1 first "
+                                f"(`ecom2f train-parent` with the same --config/--storage)")
+    layout.create()
+    ensure_synthetic_data(config)
+    dataset = depth_dataset(config)
+    return layout, weights_uri, len(dataset), depth_scoring(dataset.metadata)
+
+
+def build_depth_dataset(config: Config, fail_once: dict | None = None) -> str:
+    """Step 2; returns the table's URI (``<run>/depth``). ``fail_once``: tests only, see ``FailOnceAtIndex``."""
+    layout, weights_uri, num_images, scoring = _prepare(config)
+    depth_uri = layout.depth
+    # The weights' contents, not only their path: a parent retrained into the same run must not
+    # pass for the one an existing table was computed with.
+    config_hash = depth_config_hash(config, weights_uri, hashlib.sha256(storage.read_bytes(weights_uri)).hexdigest())
+    manifest_uri = storage.join(depth_uri, MANIFEST)
+    if storage.exists(manifest_uri):
+        manifest = json.loads(storage.read_text(manifest_uri))
+        if manifest.get("config_hash") == config_hash:
+            log.info("step 2 is complete (%s); nothing to compute", manifest_uri)
+            return depth_uri
+        raise DepthTableError(f"{depth_uri} holds a depth table of another configuration (hash "
+                              f"{manifest.get('config_hash')}, now {config_hash}); delete it or use another storage.run")
+    exits, shard_size = config.depth_exits, config.depth.shard_size
+    num_shards = math.ceil(num_images / shard_size)
+    done = completed_shards(depth_uri, config_hash)
+    todo = [s for s in range(num_shards) if s not in done]
+    log.info("step 2: %d images, %d shards of %d, %d complete, %d to compute, exits %s",
+             num_images, num_shards, shard_size, len(done), len(todo), exits)
+    if todo:
+        _run_shards(config, weights_uri, depth_uri, config_hash, todo, num_images, scoring, fail_once)
+    rows, features = load_depth_table(depth_uri)
+    verify_depth_table(rows, features, num_images, exits)
+    manifest = {
+        "schema_version": DEPTH_SCHEMA_VERSION, "config_hash": config_hash, "num_images": num_images,
+        "num_rows": len(rows), "exits": exits, "num_shards": num_shards, "shard_size": shard_size,
+        "gate_feature_grid": config.depth.gate_feature_grid, "channels": config.model.pixel_decoder.conv_dim,
+        "weights_uri": weights_uri, "dataset": dataset_spec(config.depth.dataset or config.data.train),
+        "precision": config.depth.precision,
+        "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    storage.write_text(manifest_uri, json.dumps(manifest, indent=2))
+    print(format_labels_summary(labels_summary(rows, config.gate.betas, exits=config.model.gate.exits)))
+    return depth_uri
+
+
+def _pipeline(config: Config, weights_uri: str, items: list[dict], scoring: dict, fail_once: dict | None):
+    """Dataset positions -> loaders (CPU) -> the network (model actors) -> scorers (CPU)."""
+    model, cpu = stage_plans(config.ray.use_gpu, config.depth.num_actors)
+    config_dict = config.model_dump(mode="json")
+    stages = [
+        Stage(DepthLoader, {"config_dict": config_dict}, cpu),
+        Stage(AllExitsModel, {"config_dict": config_dict, "weights_uri": weights_uri,
+                              "semantic": scoring["semantic"], "fail_once": fail_once}, model),
+        Stage(DepthScorer, {"config_dict": config_dict, "scoring": scoring}, cpu),
+    ]
+    log.info("step 2 stages: %d-%d loaders %s, %d model actors %s, %d-%d scorers", cpu.min_size, cpu.max_size,
+             cpu.resources, model.max_size, model.resources, cpu.min_size, cpu.max_size)
+    return staged_dataset(items, stages, config.depth.batch_size)
+
+
+def _run_shards(config: Config, weights_uri: str, depth_uri: str, config_hash: str, todo: list[int],
+                num_images: int, scoring: dict, fail_once: dict | None) -> None:
+    from tqdm import tqdm
+
+    init_ray(config.ray.address)
+    shard_size, exits = config.depth.shard_size, config.depth_exits
+    expected = {s: len(_shard_positions(s, shard_size, num_images)) for s in todo}
+    items = [{"index": i} for s in todo for i in _shard_positions(s, shard_size, num_images)]
+    dataset = _pipeline(config, weights_uri, items, scoring, fail_once)
+    pending: dict[int, dict[int, dict]] = defaultdict(dict)  # shard -> dataset position -> that image's values
+    failed: dict[int, str] = {}
+    finished: set[int] = set()
+    written = 0
+    with tqdm(total=len(items), desc="step 2 images", unit="img") as progress:
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            for i, position in enumerate(batch["index"].tolist()):
+                progress.update(1)
+                if batch["error"][i]:
+                    failed[position] = str(batch["error"][i])
+                    continue
+                shard = position // shard_size
+                if shard in finished:  # a repeated delivery (a retried task): already written
+                    continue
+                pending[shard][position] = {name: values[i] for name, values in batch.items()}
+                if len(pending[shard]) == expected[shard]:
+                    images = {name: np.stack([image[name] for image in pending[shard].values()])
+                              for name in batch if name != "error"}
+                    rows, features = shard_tables(images, exits)
+                    write_shard(depth_uri, shard, rows, features, config_hash)
+                    del pending[shard]
+                    finished.add(shard)
+                    written += 1
+                    progress.set_postfix(shards=f"{written}/{len(todo)}")
+    if failed or pending:
+        incomplete = sorted(set(pending) | {p // shard_size for p in failed})
+        first = next(iter(failed.values()), "images went missing without an error")
+        raise RuntimeError(
+            f"step 2: {len(failed)} images failed; shards {incomplete[:20]} are incomplete (first error: {first}). "
+            f"The {written} shards finished in this run are saved under {depth_uri}: rerun the same command "
+            "to compute only the missing shards"
+        )

@@ -1,0 +1,105 @@
+"""From per-image rows to dataset metrics: fixed depths, gates, the oracle and its curve.
+
+Rows (one per image and variant) come from :class:`ecom2f.steps.evaluate.stages.EvalScorer`.
+Dataset PQ is COCO's: PQ sums of all images merged, then averaged over categories (not the
+mean of per-image PQs, which is also reported as ``mean_image_pq`` because it is what
+step 3's table-only estimate measures).
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections.abc import Sequence
+
+import pandas as pd
+
+from ecom2f.steps.evaluate.stages import merge_pq
+
+__all__ = ["oracle_rows", "summarize", "ORACLE_BETAS"]
+
+# Per-layer penalties for the oracle curve: argmax_k (q_k - beta * k) per image.
+# Step 2's convention for an undefined per-image PQ (see oracle_rows).
+NAN_QUALITY = 1.0
+
+_FLOAT_COLUMNS = ("image_pq", "seconds", "encoder_gflops", "total_gflops", "difficulty")
+
+ORACLE_BETAS = (0.0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 1.0)
+
+
+def oracle_rows(rows: pd.DataFrame, beta: float = 0.0, name: str | None = None) -> pd.DataFrame:
+    """Per image, the fixed-depth row maximising ``image_pq - beta * depth``.
+
+    Ties go to fewer layers. An undefined per-image PQ (no segment in prediction nor truth:
+    nothing to get wrong) counts as 1, as step 2's labels count it
+    (``ecom2f.steps.depth.labels.NAN_QUALITY``). Returns those rows, renamed to the
+    ``oracle`` kind (``name`` default ``oracle`` at beta 0, else ``oracle_beta=<beta>``).
+    """
+    fixed = rows[rows["kind"] == "fixed"]
+    if fixed.empty:
+        raise ValueError("the oracle needs fixed-depth rows; evaluation.depths must list at least one depth")
+    utility = fixed["image_pq"].fillna(NAN_QUALITY) - beta * fixed["depth"]
+    ranked = fixed.assign(_utility=utility).sort_values(["image_id", "_utility", "depth"],
+                                                        ascending=[True, False, True], kind="mergesort")
+    best = ranked.drop_duplicates("image_id", keep="first").drop(columns="_utility")
+    label = name or ("oracle" if beta == 0 else f"oracle_beta={beta:g}")
+    # The oracle needs every depth's prediction: it has no time of its own.
+    return best.assign(variant=label, kind="oracle" if beta == 0 else "oracle_curve", seconds=math.nan)
+
+
+def _variant_metrics(group: pd.DataFrame, categories: dict, num_things: int, tasks: Sequence[str]) -> dict:
+    summary = merge_pq(group["pq_stat"]).summary(categories)
+    metrics = {
+        "images": int(len(group)),
+        "pq": summary["All"]["pq"],
+        "sq": summary["All"]["sq"],
+        "rq": summary["All"]["rq"],
+        "pq_things": summary["Things"]["pq"],
+        "pq_stuff": summary["Stuff"]["pq"],
+        "mean_image_pq": float(group["image_pq"].fillna(NAN_QUALITY).mean()),
+        "mean_layers": float(group["depth"].mean()),
+        "mean_encoder_gflops": float(group["encoder_gflops"].mean()),
+        "mean_total_gflops": float(group["total_gflops"].mean()),
+        "seconds_per_image": float(group["seconds"].mean()),
+    }
+    if "semantic" in tasks and "semantic_state" in group:
+        confusions = [pickle.loads(b) for b in group["semantic_state"]]
+        metrics["miou"] = float(sum(confusions[1:], confusions[0]).summary()["mIoU"])
+    if "instance" in tasks and "instance_state" in group:
+        evaluators = [pickle.loads(b) for b in group["instance_state"]]
+        merged = evaluators[0]
+        for other in evaluators[1:]:
+            merged.merge(other)
+        metrics["mask_ap"] = float(merged.compute()["AP"])
+    return metrics
+
+
+def summarize(rows: pd.DataFrame, categories: dict, tasks: Sequence[str] = ("panoptic",),
+              num_things: int = 0, estimates: dict | None = None, oracle: bool = True) -> pd.DataFrame:
+    """One row per variant (fixed depths, gates, oracle, oracle curve) with the dataset metrics.
+
+    ``estimates``: gate name -> step 3's table-only validation metrics (``pq``, ``mean_layers``,
+    ...); they are put beside the gate as ``estimate_*`` with ``pq_minus_estimate``.
+    """
+    # Rows that went through Arrow may hold nullable dtypes (pd.NA); plain floats keep NaN semantics.
+    rows = rows.astype({c: "float64" for c in _FLOAT_COLUMNS if c in rows.columns})
+    parts = [rows]
+    if oracle:
+        parts.append(oracle_rows(rows))
+        parts += [oracle_rows(rows, beta) for beta in ORACLE_BETAS if beta > 0]
+    everything = pd.concat(parts, ignore_index=True)
+    records = []
+    for (kind, variant), group in everything.groupby(["kind", "variant"], sort=False):
+        record = {"kind": kind, "variant": variant, **_variant_metrics(group, categories, num_things, tasks)}
+        estimate = (estimates or {}).get(variant) if kind == "gate" else None
+        if estimate:
+            for key, value in estimate.items():
+                record[f"estimate_{key}"] = value
+            if "pq" in estimate:
+                record["pq_minus_estimate"] = record["pq"] - estimate["pq"]
+                record["mean_image_pq_minus_estimate"] = record["mean_image_pq"] - estimate["pq"]
+        records.append(record)
+    order = {"fixed": 0, "oracle": 1, "gate": 2, "oracle_curve": 3}
+    table = pd.DataFrame.from_records(records)
+    return table.sort_values(by=["kind", "mean_layers"], key=lambda c: c.map(order) if c.name == "kind" else c,
+                             kind="mergesort").reset_index(drop=True)

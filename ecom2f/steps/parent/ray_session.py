@@ -1,0 +1,52 @@
+"""The :class:`~ecom2f.steps.parent.session.TrainingSession` of a Ray Train worker."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+
+import ray.train
+import ray.train.torch
+import torch
+
+from ecom2f.steps.parent.metrics_log import MetricsLog
+
+
+class RayTrainSession:
+    """Rank and device from Ray Train; checkpoints through ``ray.train.report``.
+
+    Every rank reports its own checkpoint folder (its DeepSpeed shards); Ray Train merges
+    them into one folder in the run's storage, keeps the newest ``num_to_keep`` and hands
+    the newest back through ``ray.train.get_checkpoint()`` when a worker group restarts.
+    """
+
+    def __init__(self, metrics_uri: str | None = None, tensorboard: bool = True) -> None:
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        self.device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
+        self._restored: str | None = None
+        self._log = MetricsLog(metrics_uri, tensorboard) if metrics_uri and self.rank == 0 else None
+
+    def latest_checkpoint(self) -> str | None:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        if self._restored is None:
+            self._restored = tempfile.mkdtemp(prefix="ecom2f-restore-")
+            checkpoint.to_directory(self._restored)
+        return self._restored
+
+    def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
+        if self._log is not None:
+            self._log.write(metrics)
+            if checkpoint_dir:
+                self._log.flush()
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+        if self._restored is not None:
+            shutil.rmtree(self._restored, ignore_errors=True)

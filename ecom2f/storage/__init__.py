@@ -1,0 +1,70 @@
+"""Artifacts by URI: one interface over local paths and ``s3://`` URIs.
+
+| file | what |
+|---|---|
+| ``files.py`` | read, write (atomically), list, copy and delete by URI; ``pyarrow_filesystem`` |
+| ``s3.py`` | the boto3 client and pyarrow S3 filesystem, with one endpoint / retry resolution |
+| ``preflight.py`` | the start-of-job probe of a storage root |
+| ``layout.py`` | :class:`RunLayout`: where a run keeps each artifact |
+| ``errors.py`` | the exceptions, each naming the URI and what to check |
+"""
+
+from ecom2f.storage.errors import (
+    StorageBucketNotFoundError,
+    StorageConnectionError,
+    StorageCredentialsError,
+    StorageError,
+    StorageNotFoundError,
+    StorageNotSharedError,
+    StoragePermissionError,
+    StoragePreflightError,
+)
+from ecom2f.storage.files import (
+    DEFAULT_OPTIONS,
+    delete,
+    download_dir,
+    download_file,
+    exists,
+    is_s3,
+    join,
+    list_uris,
+    pyarrow_filesystem,
+    read_bytes,
+    read_text,
+    upload_dir,
+    upload_file,
+    write_bytes,
+    write_text,
+)
+from ecom2f.storage.layout import RunLayout
+from ecom2f.storage.preflight import preflight
+from ecom2f.storage.s3 import S3Options
+
+__all__ = [
+    "DEFAULT_OPTIONS",
+    "RunLayout",
+    "S3Options",
+    "StorageBucketNotFoundError",
+    "StorageConnectionError",
+    "StorageCredentialsError",
+    "StorageError",
+    "StorageNotFoundError",
+    "StorageNotSharedError",
+    "StoragePermissionError",
+    "StoragePreflightError",
+    "delete",
+    "download_dir",
+    "download_file",
+    "exists",
+    "is_s3",
+    "join",
+    "list_uris",
+    "preflight",
+    "pyarrow_filesystem",
+    "read_bytes",
+    "read_text",
+    "upload_dir",
+    "upload_file",
+    "write_bytes",
+    "write_text",
+]
