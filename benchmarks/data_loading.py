@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from ecom2f.benchmarking import cpu_description
+from benchmarks.machine import cpu_description
 
 
 def _machine() -> str:

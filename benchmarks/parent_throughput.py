@@ -14,7 +14,7 @@ import tempfile
 
 import torch
 
-from ecom2f.benchmarking import cpu_description
+from benchmarks.machine import cpu_description
 
 
 def _machine() -> str:
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             from ecom2f.steps.parent import launch_parent_training
 
             launch_parent_training(config)
-            reports = read_metrics(config.storage.layout().parent)
+            reports = read_metrics(config.storage.layout().parent_metrics)
     rates = [r["images_per_s"] for r in reports if r["step"] > 5]  # windows of 5 iterations
     mode = "bare loop, 1 process" if args.workers == 0 else f"Ray Train, {args.workers} workers"
     print(f"Machine: {_machine()}; config {args.config} {' '.join(args.overrides)}")

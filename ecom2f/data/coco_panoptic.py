@@ -82,66 +82,46 @@ class CocoPanopticDataset(SegmentationDataset):
         image_infos = {}
         for info in raw["images"]:
             image_infos.setdefault(info["id"], info)
-
         known = metadata.dataset_id_to_contiguous
         records, problems_per_record, seen_images = [], [], Counter()
         for ann in raw["annotations"]:
-            problems: list[Problem] = []
-            image_id = ann.get("image_id")
-            info = image_infos.get(image_id)
-            png_name = ann.get("file_name", "")
-            file = png_name or f"image_id={image_id}"
-            seen_images[image_id] += 1
-            if info is None:
-                problems.append(Problem(ProblemKind.BAD_ANNOTATION, file, f"image_id {image_id} is not in 'images'"))
-                info = {"file_name": os.path.splitext(png_name)[0] + ".jpg"}
-            if seen_images[image_id] > 1:
-                problems.append(Problem(ProblemKind.DUPLICATE_ID, file, f"image_id {image_id} annotated twice"))
-            image_path = images.find(info["file_name"])
-            if image_path is None:
-                problems.append(
-                    Problem(ProblemKind.MISSING_IMAGE, info["file_name"], f"not found under {self.image_root}")
-                )
-            if png_name not in pngs:
-                problems.append(
-                    Problem(ProblemKind.MISSING_ANNOTATION_FILE, file, f"panoptic PNG not found under {self.png_root}")
-                )
-            segments = []
-            seen_ids: set[int] = set()
-            for segment in ann.get("segments_info", []):
-                segment_id = int(segment.get("id", 0))
-                if segment_id <= 0:
-                    problems.append(Problem(ProblemKind.BAD_ANNOTATION, file, f"segment id {segment_id} (0 is void)"))
-                elif segment_id in seen_ids:
-                    problems.append(Problem(ProblemKind.DUPLICATE_ID, file, f"segment id {segment_id} appears twice"))
-                if segment.get("category_id") not in known:
-                    problems.append(
-                        Problem(
-                            ProblemKind.UNKNOWN_CATEGORY,
-                            file,
-                            f"segment {segment_id} has category_id {segment.get('category_id')}, "
-                            f"not in the {len(known)} categories",
-                        )
-                    )
-                if segment.get("area", 1) == 0:
-                    problems.append(Problem(ProblemKind.ZERO_AREA_SEGMENT, file, f"segment {segment_id} has area 0"))
-                seen_ids.add(segment_id)
-                segments.append(segment)
-            if not segments:
-                problems.append(Problem(ProblemKind.EMPTY_IMAGE, file, "no segments: the whole image is void"))
-            records.append(
-                {
-                    "image_id": image_id,
-                    "image_path": image_path,
-                    "file_name": info["file_name"],
-                    "png_path": fileio.join(self.png_root, png_name),
-                    "size": (info.get("height"), info.get("width")),
-                    "segments_info": segments,
-                    "difficulty": ann.get("difficulty", info.get("difficulty")),
-                }
-            )
+            seen_images[ann.get("image_id")] += 1
+            record, problems = self._record(ann, image_infos, images, pngs, known, seen_images)
+            records.append(record)
             problems_per_record.append(problems)
         self._set_records(records, problems_per_record)
+
+    def _record(self, ann: dict, image_infos: dict, images: ImageLocator, pngs: set[str], known: dict,
+                seen_images: Counter) -> tuple[dict, list[Problem]]:
+        """One annotation -> its record and the problems found in it (files, ids, segments)."""
+        problems: list[Problem] = []
+        image_id = ann.get("image_id")
+        info = image_infos.get(image_id)
+        png_name = ann.get("file_name", "")
+        file = png_name or f"image_id={image_id}"
+        if info is None:
+            problems.append(Problem(ProblemKind.BAD_ANNOTATION, file, f"image_id {image_id} is not in 'images'"))
+            info = {"file_name": os.path.splitext(png_name)[0] + ".jpg"}
+        if seen_images[image_id] > 1:
+            problems.append(Problem(ProblemKind.DUPLICATE_ID, file, f"image_id {image_id} annotated twice"))
+        image_path = images.find(info["file_name"])
+        if image_path is None:
+            problems.append(Problem(ProblemKind.MISSING_IMAGE, info["file_name"], f"not found under {self.image_root}"))
+        if png_name not in pngs:
+            problems.append(
+                Problem(ProblemKind.MISSING_ANNOTATION_FILE, file, f"panoptic PNG not found under {self.png_root}")
+            )
+        segments = _checked_segments(ann.get("segments_info", []), file, known, problems)
+        record = {
+            "image_id": image_id,
+            "image_path": image_path,
+            "file_name": info["file_name"],
+            "png_path": fileio.join(self.png_root, png_name),
+            "size": (info.get("height"), info.get("width")),
+            "segments_info": segments,
+            "difficulty": ann.get("difficulty", info.get("difficulty")),
+        }
+        return record, problems
 
     def _load_record(self, record: dict, problems: list[Problem]) -> dict:
         file = record["file_name"]
@@ -215,3 +195,30 @@ class CocoPanopticDataset(SegmentationDataset):
         if record.get("difficulty") is not None:
             sample["difficulty"] = float(record["difficulty"])
         return sample
+
+
+def _checked_segments(segments_info: list[dict], file: str, known: dict, problems: list[Problem]) -> list[dict]:
+    """The image's segments; appends a problem for each bad id, unknown category or empty segment."""
+    segments, seen_ids = [], set()
+    for segment in segments_info:
+        segment_id = int(segment.get("id", 0))
+        if segment_id <= 0:
+            problems.append(Problem(ProblemKind.BAD_ANNOTATION, file, f"segment id {segment_id} (0 is void)"))
+        elif segment_id in seen_ids:
+            problems.append(Problem(ProblemKind.DUPLICATE_ID, file, f"segment id {segment_id} appears twice"))
+        if segment.get("category_id") not in known:
+            problems.append(
+                Problem(
+                    ProblemKind.UNKNOWN_CATEGORY,
+                    file,
+                    f"segment {segment_id} has category_id {segment.get('category_id')}, "
+                    f"not in the {len(known)} categories",
+                )
+            )
+        if segment.get("area", 1) == 0:
+            problems.append(Problem(ProblemKind.ZERO_AREA_SEGMENT, file, f"segment {segment_id} has area 0"))
+        seen_ids.add(segment_id)
+        segments.append(segment)
+    if not segments:
+        problems.append(Problem(ProblemKind.EMPTY_IMAGE, file, "no segments: the whole image is void"))
+    return segments

@@ -40,7 +40,7 @@ def _split_s3(uri: str):
     key = (os.getpid(), *(os.environ.get(name) for name in storage_s3.AWS_ENV))
     filesystem = _filesystems.get(key)
     if filesystem is None:
-        filesystem = storage_s3.pyarrow_filesystem("s3://probe", storage_s3.S3Options())[0]
+        filesystem = storage_s3.pyarrow_filesystem("s3://probe", storage_s3.environment_options())[0]
         _filesystems.clear()  # entries of a parent process or an older environment are stale
         _filesystems[key] = filesystem
     return filesystem, uri[len("s3://"):]

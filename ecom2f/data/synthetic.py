@@ -102,21 +102,44 @@ def render(index: int, image_size: int = 160, seed: int = 0) -> dict:
     """
     if image_size < 32:
         raise ValueError(f"image_size={image_size} is too small to draw shapes; use 64 or more (default 160)")
-    rng = np.random.default_rng([seed, index])
+    rng = np.random.default_rng([seed, index])  # the draws below happen in this order, image after image
     size = image_size
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     t = float(rng.uniform(0, 1))
     stuff_labels, image = _stuff(rng, t, xx, yy)
+    clutter = _draw_clutter(rng, t, image, xx, yy)
+    ids, objects, contrast_loss = _draw_things(rng, t, image, xx, yy)
+    _draw_crowd(rng, t, image, xx, yy, ids, objects)
+    id_map, segments, occluded_px, drawn_px = _panoptic_ids(ids, objects, stuff_labels)
+    rgb, noise_sigma, blur_sigma = _degrade(rng, t, image)
+    _add_areas_and_boxes(segments, id_map)
+    factors = _difficulty_factors(objects, size, occluded_px, drawn_px, contrast_loss, noise_sigma, blur_sigma, clutter)
+    return {
+        "image": rgb,
+        "id_map": id_map,
+        "segments_info": segments,
+        "difficulty": round(float(np.mean(list(factors.values()))), 4),
+        "difficulty_factors": factors,
+    }
 
+
+def _draw_clutter(rng, t: float, image: np.ndarray, xx: np.ndarray, yy: np.ndarray) -> int:
+    """Strokes and blobs that belong to no thing class; returns how many."""
+    size = image.shape[0]
     clutter = int(round(t * MAX_CLUTTER * rng.uniform(0.5, 1)))
-    for _ in range(clutter):  # strokes and blobs that belong to no thing class
+    for _ in range(clutter):
         x0, y0 = rng.uniform(0, size, 2)
         angle, length, width = rng.uniform(0, np.pi), rng.uniform(0.05, 0.25) * size, rng.uniform(1, 3)
         along = (xx - x0) * np.cos(angle) + (yy - y0) * np.sin(angle)
         across = -(xx - x0) * np.sin(angle) + (yy - y0) * np.cos(angle)
         stroke = (np.abs(across) <= width) & (along >= 0) & (along <= length)
         image[stroke] = rng.uniform(0, 255, 3)
+    return clutter
 
+
+def _draw_things(rng, t: float, image: np.ndarray, xx: np.ndarray, yy: np.ndarray):
+    """The thing instances: ``(ids [S, S], objects, contrast loss per object)``."""
+    size = image.shape[0]
     low = int(round(t * 6))
     num_objects = int(rng.integers(low, min(MAX_OBJECTS, 2 + int(round(t * 12))) + 1))
     ids = np.zeros((size, size), dtype=np.int64)
@@ -138,21 +161,31 @@ def render(index: int, image_size: int = 160, seed: int = 0) -> dict:
         ids[mask] = segment_id
         objects.append({"id": segment_id, "category_id": cls + 1, "iscrowd": 0, "drawn_px": int(mask.sum())})
         contrast_loss.append(blend)
+    return ids, objects, contrast_loss
 
-    if rng.random() < 0.4 * t:  # a crowd: a cluster of tiny shapes annotated as one segment
-        cls = int(rng.integers(len(THING_CLASSES)))
-        name, color, _ = THING_CLASSES[cls]
-        gx, gy = rng.uniform(0.2 * size, 0.8 * size, 2)
-        crowd = np.zeros((size, size), dtype=bool)
-        for _ in range(int(rng.integers(5, 10))):
-            crowd |= shape_mask(name, xx, yy, gx + rng.normal(0, 0.06 * size), gy + rng.normal(0, 0.06 * size),
-                                size * 0.025, rng.uniform(0, 2 * np.pi))
-        image[crowd] = np.array(color, dtype=np.float64) * 0.85
-        segment_id = (cls + 1) * 1000 + 999
-        ids[crowd] = segment_id
-        objects.append({"id": segment_id, "category_id": cls + 1, "iscrowd": 1, "drawn_px": int(crowd.sum())})
 
-    # Pixels no shape claimed belong to the stuff region underneath.
+def _draw_crowd(rng, t: float, image: np.ndarray, xx: np.ndarray, yy: np.ndarray, ids: np.ndarray,
+                objects: list[dict]) -> None:
+    """Sometimes a crowd: a cluster of tiny shapes annotated as one segment."""
+    if rng.random() >= 0.4 * t:
+        return
+    size = image.shape[0]
+    cls = int(rng.integers(len(THING_CLASSES)))
+    name, color, _ = THING_CLASSES[cls]
+    gx, gy = rng.uniform(0.2 * size, 0.8 * size, 2)
+    crowd = np.zeros((size, size), dtype=bool)
+    for _ in range(int(rng.integers(5, 10))):
+        crowd |= shape_mask(name, xx, yy, gx + rng.normal(0, 0.06 * size), gy + rng.normal(0, 0.06 * size),
+                            size * 0.025, rng.uniform(0, 2 * np.pi))
+    image[crowd] = np.array(color, dtype=np.float64) * 0.85
+    segment_id = (cls + 1) * 1000 + 999
+    ids[crowd] = segment_id
+    objects.append({"id": segment_id, "category_id": cls + 1, "iscrowd": 1, "drawn_px": int(crowd.sum())})
+
+
+def _panoptic_ids(ids: np.ndarray, objects: list[dict], stuff_labels: np.ndarray):
+    """Things that stayed visible enough, then the stuff regions under the rest: ``(id_map, segments,
+    occluded pixels, drawn pixels)``; slivers nobody could label become void (0)."""
     id_map = np.where(ids > 0, ids, 0)
     segments, occluded_px, drawn_px = [], 0, 0
     for obj in objects:
@@ -160,7 +193,7 @@ def render(index: int, image_size: int = 160, seed: int = 0) -> dict:
         drawn_px += obj["drawn_px"]
         occluded_px += obj["drawn_px"] - visible
         if visible < MIN_VISIBLE_PX:
-            id_map[id_map == obj["id"]] = -1  # a sliver nobody could label: void
+            id_map[id_map == obj["id"]] = -1
             continue
         segments.append({"id": obj["id"], "category_id": obj["category_id"], "iscrowd": obj["iscrowd"]})
     for cid, _, _ in STUFF_CLASSES:
@@ -169,20 +202,31 @@ def render(index: int, image_size: int = 160, seed: int = 0) -> dict:
             id_map[region] = cid * 1000
             segments.append({"id": cid * 1000, "category_id": cid, "iscrowd": 0})
     id_map[id_map < 0] = 0
+    return id_map, segments, occluded_px, drawn_px
 
+
+def _degrade(rng, t: float, image: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Blur and sensor noise growing with difficulty: ``(uint8 image, noise sigma, blur sigma)``."""
     noise_sigma = MAX_NOISE_SIGMA * t * rng.uniform(0.5, 1.0)
     blur_sigma = MAX_BLUR_SIGMA * t * rng.uniform(0.3, 1.0)
     if blur_sigma > 0.2:
         image = gaussian_filter(image, sigma=(blur_sigma, blur_sigma, 0))
     image = image + rng.normal(0, noise_sigma, image.shape)
-    rgb = np.clip(np.round(image), 0, 255).astype(np.uint8)
+    return np.clip(np.round(image), 0, 255).astype(np.uint8), noise_sigma, blur_sigma
 
+
+def _add_areas_and_boxes(segments: list[dict], id_map: np.ndarray) -> None:
     for segment in segments:
         mask = id_map == segment["id"]
         rows, cols = np.nonzero(mask)
         segment["area"] = int(mask.sum())
         segment["bbox"] = [int(cols.min()), int(rows.min()), int(cols.max() - cols.min() + 1),
                            int(rows.max() - rows.min() + 1)]
+
+
+def _difficulty_factors(objects, size, occluded_px, drawn_px, contrast_loss, noise_sigma, blur_sigma,
+                        clutter) -> dict[str, float]:
+    """Each cause of difficulty on a 0..1 scale; an image's difficulty is their mean."""
     things = [o for o in objects if not o["iscrowd"]]
     mean_radius_frac = float(np.mean([np.sqrt(o["drawn_px"] / np.pi) / size for o in things])) if things else 0.25
     factors = {
@@ -194,15 +238,7 @@ def render(index: int, image_size: int = 160, seed: int = 0) -> dict:
         "blur": blur_sigma / MAX_BLUR_SIGMA,
         "clutter": clutter / MAX_CLUTTER,
     }
-    factors = {k: round(float(v), 4) for k, v in factors.items()}
-    difficulty = round(float(np.mean(list(factors.values()))), 4)
-    return {
-        "image": rgb,
-        "id_map": id_map,
-        "segments_info": segments,
-        "difficulty": difficulty,
-        "difficulty_factors": factors,
-    }
+    return {k: round(float(v), 4) for k, v in factors.items()}
 
 
 def _encode(array: np.ndarray, fmt: str, **kwargs) -> bytes:

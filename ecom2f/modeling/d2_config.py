@@ -69,6 +69,31 @@ def model_config_from_d2(tree: dict | str | Path, num_things: int | None = None)
         tree = load_d2_yaml(tree)
     model = tree.get("MODEL", {})
     m = {"MODEL": model, "INPUT": tree.get("INPUT", {}), "TEST": tree.get("TEST", {})}
+    _check_architecture(m)
+    head, former = model.get("SEM_SEG_HEAD", {}), model.get("MASK_FORMER", {})
+    num_classes = int(head.get("NUM_CLASSES", 133))
+    if num_things is None:
+        if num_classes not in _THINGS_BY_CLASSES:
+            raise ValueError(f"{num_classes} classes: pass num_things (how many leading classes are things)")
+        num_things = _THINGS_BY_CLASSES[num_classes]
+    config = {
+        "backbone": _backbone_section(m),
+        **_network_sections(head, former),
+        "num_classes": num_classes,
+        "num_things": num_things,
+        "pixel_mean": [float(v) for v in model.get("PIXEL_MEAN", [123.675, 116.28, 103.53])],
+        "pixel_std": [float(v) for v in model.get("PIXEL_STD", [58.395, 57.12, 57.375])],
+        "size_divisibility": int(former.get("SIZE_DIVISIBILITY", 32)),
+        "test": _test_section(m, former.get("TEST", {})),
+        "criterion": _criterion_section(former),
+    }
+    layers = config["pixel_decoder"]["encoder_layers"]
+    config["gate"] = {"exits": [k for k in [2, 3, 4, 5, 6] if k <= layers] or [layers]}
+    return ModelConfig.model_validate(config)
+
+
+def _check_architecture(m: dict) -> None:
+    """The parts of Mask2Former this model reproduces; anything else is refused by name."""
     _require(m, "MODEL.META_ARCHITECTURE", ["MaskFormer"], "MaskFormer")
     _require(m, "MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME", ["MSDeformAttnPixelDecoder"], "MSDeformAttnPixelDecoder")
     _require(m, "MODEL.SEM_SEG_HEAD.NORM", ["GN"], "GN")
@@ -80,6 +105,8 @@ def model_config_from_d2(tree: dict | str | Path, num_things: int | None = None)
     )
     _require(m, "INPUT.FORMAT", ["RGB"], "RGB")
 
+
+def _backbone_section(m: dict) -> dict:
     backbone_name = _get(m, "MODEL.BACKBONE.NAME", "build_resnet_backbone")
     backbone: dict = {"freeze_at": int(_get(m, "MODEL.BACKBONE.FREEZE_AT", 0))}
     if backbone_name == "build_resnet_backbone":
@@ -94,32 +121,26 @@ def model_config_from_d2(tree: dict | str | Path, num_things: int | None = None)
         deform = _get(m, "MODEL.RESNETS.DEFORM_ON_PER_STAGE", [False] * 4)
         if any(deform):
             raise ValueError(f"MODEL.RESNETS.DEFORM_ON_PER_STAGE = {deform}: deformable convs are not supported")
-        backbone.update(name=f"resnet{depth}", stride_in_1x1=bool(_get(m, "MODEL.RESNETS.STRIDE_IN_1X1", True)))
-    elif backbone_name == "D2SwinTransformer":
+        return {**backbone, "name": f"resnet{depth}", "stride_in_1x1": bool(_get(m, "MODEL.RESNETS.STRIDE_IN_1X1", True))}
+    if backbone_name == "D2SwinTransformer":
         key = (int(_get(m, "MODEL.SWIN.EMBED_DIM", 96)), tuple(_get(m, "MODEL.SWIN.DEPTHS", [2, 2, 6, 2])))
         if key not in _SWIN_NAMES:
             raise ValueError(f"MODEL.SWIN EMBED_DIM/DEPTHS {key} match none of Swin-T/S/B")
         _require(m, "MODEL.SWIN.PATCH_SIZE", [4], 4)
         _require(m, "MODEL.SWIN.APE", [False], False)
-        backbone.update(
-            name=_SWIN_NAMES[key],
-            swin_window_size=int(_get(m, "MODEL.SWIN.WINDOW_SIZE", 7)),
-            drop_path_rate=float(_get(m, "MODEL.SWIN.DROP_PATH_RATE", 0.0)),
-        )
-    else:
-        raise ValueError(f"MODEL.BACKBONE.NAME = {backbone_name!r}; expected build_resnet_backbone or D2SwinTransformer")
+        return {
+            **backbone,
+            "name": _SWIN_NAMES[key],
+            "swin_window_size": int(_get(m, "MODEL.SWIN.WINDOW_SIZE", 7)),
+            "drop_path_rate": float(_get(m, "MODEL.SWIN.DROP_PATH_RATE", 0.0)),
+        }
+    raise ValueError(f"MODEL.BACKBONE.NAME = {backbone_name!r}; expected build_resnet_backbone or D2SwinTransformer")
 
-    head = model.get("SEM_SEG_HEAD", {})
-    former = model.get("MASK_FORMER", {})
-    test = former.get("TEST", {})
-    num_classes = int(head.get("NUM_CLASSES", 133))
-    if num_things is None:
-        if num_classes not in _THINGS_BY_CLASSES:
-            raise ValueError(f"{num_classes} classes: pass num_things (how many leading classes are things)")
-        num_things = _THINGS_BY_CLASSES[num_classes]
+
+def _network_sections(head: dict, former: dict) -> dict:
+    """The pixel decoder and the transformer decoder."""
     heads = int(former.get("NHEADS", 8))
-    config = {
-        "backbone": backbone,
+    return {
         "pixel_decoder": {
             "conv_dim": int(head.get("CONVS_DIM", 256)),
             "mask_dim": int(head.get("MASK_DIM", 256)),
@@ -141,21 +162,22 @@ def model_config_from_d2(tree: dict | str | Path, num_things: int | None = None)
             "pre_norm": bool(former.get("PRE_NORM", False)),
             "enforce_input_proj": bool(former.get("ENFORCE_INPUT_PROJ", False)),
         },
-        "num_classes": num_classes,
-        "num_things": num_things,
-        "pixel_mean": [float(v) for v in model.get("PIXEL_MEAN", [123.675, 116.28, 103.53])],
-        "pixel_std": [float(v) for v in model.get("PIXEL_STD", [58.395, 57.12, 57.375])],
-        "size_divisibility": int(former.get("SIZE_DIVISIBILITY", 32)),
-        "test": {
-            "object_mask_threshold": float(test.get("OBJECT_MASK_THRESHOLD", 0.8)),
-            "overlap_threshold": float(test.get("OVERLAP_THRESHOLD", 0.8)),
-            "detections_per_image": int(_get(m, "TEST.DETECTIONS_PER_IMAGE", 100)),
-            "semantic_on": bool(test.get("SEMANTIC_ON", True)),
-            "instance_on": bool(test.get("INSTANCE_ON", False)),
-            "panoptic_on": bool(test.get("PANOPTIC_ON", False)),
-        },
     }
-    config["criterion"] = {
+
+
+def _test_section(m: dict, test: dict) -> dict:
+    return {
+        "object_mask_threshold": float(test.get("OBJECT_MASK_THRESHOLD", 0.8)),
+        "overlap_threshold": float(test.get("OVERLAP_THRESHOLD", 0.8)),
+        "detections_per_image": int(_get(m, "TEST.DETECTIONS_PER_IMAGE", 100)),
+        "semantic_on": bool(test.get("SEMANTIC_ON", True)),
+        "instance_on": bool(test.get("INSTANCE_ON", False)),
+        "panoptic_on": bool(test.get("PANOPTIC_ON", False)),
+    }
+
+
+def _criterion_section(former: dict) -> dict:
+    return {
         "class_weight": float(former.get("CLASS_WEIGHT", 2.0)),
         "mask_weight": float(former.get("MASK_WEIGHT", 5.0)),
         "dice_weight": float(former.get("DICE_WEIGHT", 5.0)),
@@ -165,6 +187,3 @@ def model_config_from_d2(tree: dict | str | Path, num_things: int | None = None)
         "importance_sample_ratio": float(former.get("IMPORTANCE_SAMPLE_RATIO", 0.75)),
         "deep_supervision": bool(former.get("DEEP_SUPERVISION", True)),
     }
-    layers = config["pixel_decoder"]["encoder_layers"]
-    config["gate"] = {"exits": [k for k in [2, 3, 4, 5, 6] if k <= layers] or [layers]}
-    return ModelConfig.model_validate(config)

@@ -59,6 +59,16 @@ def check_ms_deform_attn_dtypes(
         )
 
 
+_RANKS = {"value": 4, "spatial_shapes": 2, "level_start_index": 1, "sampling_locations": 6, "attention_weights": 5}
+_LAYOUTS = {
+    "value": "[N, S, H, D]",
+    "spatial_shapes": "[L, 2]",
+    "level_start_index": "[L]",
+    "sampling_locations": "[N, Q, H, L, P, 2]",
+    "attention_weights": "[N, Q, H, L, P]",
+}
+
+
 def check_ms_deform_attn_inputs(
     value: torch.Tensor,
     spatial_shapes: torch.Tensor,
@@ -81,32 +91,35 @@ def check_ms_deform_attn_inputs(
         "sampling_locations": sampling_locations,
         "attention_weights": attention_weights,
     }
+    _check_kinds(named)
+    _check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    if check_layout:
+        check_level_layout(spatial_shapes.tolist(), level_start_index.tolist(), value.shape[1])
+
+
+def _check_kinds(named: dict[str, torch.Tensor]) -> None:
+    """Tensors of the right rank, on one device, of allowed dtypes."""
     for name, tensor in named.items():
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"ms_deform_attn: {name} must be a torch.Tensor, got {type(tensor).__name__}")
-    ranks = {"value": 4, "spatial_shapes": 2, "level_start_index": 1, "sampling_locations": 6, "attention_weights": 5}
-    layouts = {
-        "value": "[N, S, H, D]",
-        "spatial_shapes": "[L, 2]",
-        "level_start_index": "[L]",
-        "sampling_locations": "[N, Q, H, L, P, 2]",
-        "attention_weights": "[N, Q, H, L, P]",
-    }
-    for name, rank in ranks.items():
+    for name, rank in _RANKS.items():
         if named[name].dim() != rank:
             raise ValueError(
-                f"ms_deform_attn: {name} must be {layouts[name]} (rank {rank}), got shape {tuple(named[name].shape)}"
+                f"ms_deform_attn: {name} must be {_LAYOUTS[name]} (rank {rank}), got shape {tuple(named[name].shape)}"
             )
     devices = {name: t.device for name, t in named.items()}
     if len(set(devices.values())) > 1:
         listed = ", ".join(f"{name} on {device}" for name, device in devices.items())
         raise ValueError(f"ms_deform_attn: all inputs must be on one device, got {listed}")
-    check_ms_deform_attn_dtypes(value, sampling_locations, attention_weights)
+    check_ms_deform_attn_dtypes(named["value"], named["sampling_locations"], named["attention_weights"])
     for name in ("spatial_shapes", "level_start_index"):
         if named[name].dtype != torch.int64:
             raise ValueError(f"ms_deform_attn: {name} must be int64, got {named[name].dtype}; use .long()")
 
-    n, s, heads, _ = value.shape
+
+def _check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights) -> None:
+    """Sizes that must agree between the arguments (N, H, L, P)."""
+    n, _, heads, _ = value.shape
     levels = spatial_shapes.shape[0]
     if spatial_shapes.shape[1] != 2:
         raise ValueError(f"ms_deform_attn: spatial_shapes must be [L, 2] (h, w), got {tuple(spatial_shapes.shape)}")
@@ -126,10 +139,11 @@ def check_ms_deform_attn_inputs(
             f"ms_deform_attn: attention_weights has shape {tuple(attention_weights.shape)}, expected "
             f"sampling_locations.shape[:5] = {tuple(loc[:5])}"
         )
-    if not check_layout:
-        return
-    shapes = spatial_shapes.tolist()
-    starts = level_start_index.tolist()
+
+
+def check_level_layout(shapes: list[list[int]], starts: list[int], tokens: int) -> None:
+    """Host values of ``spatial_shapes`` / ``level_start_index``: positive sides a float32 location
+    can address, each level starting where the previous ends, ``tokens == sum(h * w)``."""
     total = 0
     for level, ((h, w), start) in enumerate(zip(shapes, starts)):
         if h <= 0 or w <= 0:
@@ -145,9 +159,9 @@ def check_ms_deform_attn_inputs(
                 f"(expected {total}, the sum of h*w of the levels before)"
             )
         total += h * w
-    if total != s:
+    if total != tokens:
         raise ValueError(
-            f"ms_deform_attn: value has S={s} tokens but spatial_shapes {shapes} sums to {total}; "
+            f"ms_deform_attn: value has S={tokens} tokens but spatial_shapes {shapes} sums to {total}; "
             "S must equal sum(h * w)"
         )
 
@@ -218,7 +232,7 @@ def ms_deform_attn(
     """
     value, sampling_locations, attention_weights = _autocast_inputs(value, sampling_locations, attention_weights)
     compiling = torch.compiler.is_compiling()
-    capturing = value.is_cuda and torch.cuda.is_current_stream_capturing()
+    capturing = not compiling and value.is_cuda and torch.cuda.is_current_stream_capturing()
     check_ms_deform_attn_inputs(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
         check_layout=check_layout and not (compiling or capturing),

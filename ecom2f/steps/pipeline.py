@@ -7,10 +7,10 @@ the step would replace); delete the later folders or use another run:
 
 | step | complete when |
 |---|---|
-| 1 parent (``parent_job.launch_parent_training``) | ``<run>/parent/model_final.pth`` |
-| 2 depth table (``depth.build_depth_dataset``) | ``<run>/depth/_SUCCESS.json`` |
-| 3 gates (``gate_search.tune_gates``) | ``<run>/gates/_SUCCESS.json`` |
-| evaluation (``evaluate.evaluate``) | ``<run>/eval/_SUCCESS.json`` |
+| 1 parent (``steps.parent.launch_parent_training``) | ``<run>/parent/model_final.pth`` |
+| 2 depth table (``steps.depth.build_depth_dataset``) | ``<run>/depth/_SUCCESS.json`` |
+| 3 gates (``steps.gate.tune_gates``) | ``<run>/gates/_SUCCESS.json`` |
+| evaluation (``steps.evaluate.evaluate``) | ``<run>/eval/_SUCCESS.json`` |
 | report (``ecom2f.report.write_report``) | ``<run>/report/_SUCCESS.json`` |
 """
 
@@ -25,12 +25,11 @@ import pandas as pd
 
 from ecom2f import storage
 from ecom2f.config import Config
+from ecom2f.steps.runs import open_run
 
 log = logging.getLogger(__name__)
 
 __all__ = ["run_pipeline", "PipelineResult", "STEPS", "summary_table"]
-
-SUCCESS = "_SUCCESS.json"
 
 
 def _parent(config: Config) -> None:
@@ -73,11 +72,11 @@ class Step:
 
 
 STEPS = (
-    Step("parent", lambda c: storage.join(c.storage.layout().parent, "model_final.pth"), _parent),
-    Step("depth", lambda c: storage.join(c.storage.layout().depth, SUCCESS), _depth),
-    Step("gates", lambda c: storage.join(c.storage.layout().gates, SUCCESS), _gates),
-    Step("evaluate", lambda c: storage.join(c.storage.layout().eval, SUCCESS), _evaluate),
-    Step("report", lambda c: storage.join(c.storage.layout().report, SUCCESS), _report),
+    Step("parent", lambda c: c.storage.layout().parent_weights, _parent),
+    Step("depth", lambda c: c.storage.layout().depth_success, _depth),
+    Step("gates", lambda c: c.storage.layout().gates_success, _gates),
+    Step("evaluate", lambda c: c.storage.layout().eval_success, _evaluate),
+    Step("report", lambda c: c.storage.layout().report_success, _report),
 )
 
 
@@ -132,7 +131,7 @@ def run_pipeline(config: Config, steps: tuple[Step, ...] = STEPS, echo: Callable
     from ecom2f.steps.evaluate.job import absolute_local_paths
 
     config = absolute_local_paths(config)  # every step's Ray workers see the same folders
-    storage.preflight(config.storage.layout().run_uri)
+    open_run(config)
     config.storage.layout().create()
     complete = [storage.exists(step.marker(config)) for step in steps]
     _check_no_stale_artifacts(steps, complete, config)
@@ -151,7 +150,7 @@ def run_pipeline(config: Config, steps: tuple[Step, ...] = STEPS, echo: Callable
             raise RuntimeError(f"step {step.name} returned but {marker} is missing; the step did not complete")
         echo(f"[pipeline] {step.name}: done in {result.seconds[step.name]:.1f} s")
         result.ran.append(step.name)
-    result.report_uri = storage.join(config.storage.layout().report, "report.md")
+    result.report_uri = config.storage.layout().report_markdown
     try:
         from ecom2f.steps.evaluate.job import load_summary
 

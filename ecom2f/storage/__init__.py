@@ -38,7 +38,21 @@ from ecom2f.storage.files import (
 )
 from ecom2f.storage.layout import RunLayout
 from ecom2f.storage.preflight import preflight
-from ecom2f.storage.s3 import S3Options
+from ecom2f.storage.s3 import S3Options, environment_options, options_environment
+
+
+def configure(options: S3Options) -> dict[str, str]:
+    """Makes ``options`` this process's S3 settings, and those of the processes it starts.
+
+    Storage calls without explicit options use them (:func:`environment_options`); they
+    travel as environment variables, so DataLoader workers inherit them and Ray workers get
+    them through the job's runtime environment. Returns those variables.
+    """
+    import os
+
+    variables = options_environment(options)
+    os.environ.update(variables)
+    return variables
 
 __all__ = [
     "DEFAULT_OPTIONS",
@@ -67,4 +81,7 @@ __all__ = [
     "upload_file",
     "write_bytes",
     "write_text",
+    "configure",
+    "environment_options",
+    "options_environment",
 ]

@@ -23,6 +23,8 @@ from ecom2f.storage import s3 as storage_s3
 from ecom2f.storage.errors import StorageError, StorageNotFoundError, StoragePermissionError
 from ecom2f.storage.s3 import S3Options
 
+# Calls without explicit options use the process's: what the job configured (storage.configure),
+# carried to Ray workers and DataLoader workers by environment variables (see s3.OPTION_ENV).
 DEFAULT_OPTIONS = S3Options()
 
 
@@ -54,9 +56,9 @@ def join(uri: str | os.PathLike, *parts: str) -> str:
 # ----------------------------------------------------------------------------- bytes and text
 
 
-def read_bytes(uri: str | os.PathLike, options: S3Options = DEFAULT_OPTIONS) -> bytes:
+def read_bytes(uri: str | os.PathLike, options: S3Options | None = None) -> bytes:
     if is_s3(uri):
-        return storage_s3.read_bytes(str(uri), options)
+        return storage_s3.read_bytes(str(uri), storage_s3.effective(options))
     path = _local_path(uri)
     try:
         return path.read_bytes()
@@ -66,10 +68,10 @@ def read_bytes(uri: str | os.PathLike, options: S3Options = DEFAULT_OPTIONS) -> 
         raise StoragePermissionError(f"cannot read {path}: permission denied; check the file's mode and owner") from None
 
 
-def write_bytes(uri: str | os.PathLike, data: bytes, options: S3Options = DEFAULT_OPTIONS) -> None:
+def write_bytes(uri: str | os.PathLike, data: bytes, options: S3Options | None = None) -> None:
     """Write atomically: readers see the old content or the new one, never a part."""
     if is_s3(uri):
-        storage_s3.write_bytes(str(uri), bytes(data), options)
+        storage_s3.write_bytes(str(uri), bytes(data), storage_s3.effective(options))
         return
     with _atomic_local_target(_local_path(uri)) as temporary:
         with open(temporary, "wb") as handle:
@@ -78,11 +80,11 @@ def write_bytes(uri: str | os.PathLike, data: bytes, options: S3Options = DEFAUL
             os.fsync(handle.fileno())
 
 
-def read_text(uri: str | os.PathLike, options: S3Options = DEFAULT_OPTIONS) -> str:
+def read_text(uri: str | os.PathLike, options: S3Options | None = None) -> str:
     return read_bytes(uri, options).decode("utf-8")
 
 
-def write_text(uri: str | os.PathLike, text: str, options: S3Options = DEFAULT_OPTIONS) -> None:
+def write_text(uri: str | os.PathLike, text: str, options: S3Options | None = None) -> None:
     write_bytes(uri, text.encode("utf-8"), options)
 
 
@@ -108,24 +110,24 @@ def _atomic_local_target(path: Path):
 # ----------------------------------------------------------------------------- files
 
 
-def upload_file(local_path: str | os.PathLike, uri: str | os.PathLike, options: S3Options = DEFAULT_OPTIONS) -> None:
+def upload_file(local_path: str | os.PathLike, uri: str | os.PathLike, options: S3Options | None = None) -> None:
     """Copy a local file to ``uri`` atomically (multipart on S3 above the threshold)."""
     source = Path(local_path)
     if not source.is_file():
         raise StorageNotFoundError(f"cannot upload {source}: no such file")
     if is_s3(uri):
-        storage_s3.upload_file(str(source), str(uri), options)
+        storage_s3.upload_file(str(source), str(uri), storage_s3.effective(options))
         return
     with _atomic_local_target(_local_path(uri)) as temporary:
         shutil.copyfile(source, temporary)
 
 
-def download_file(uri: str | os.PathLike, local_path: str | os.PathLike, options: S3Options = DEFAULT_OPTIONS) -> None:
+def download_file(uri: str | os.PathLike, local_path: str | os.PathLike, options: S3Options | None = None) -> None:
     """Copy ``uri`` to a local file atomically."""
     target = Path(local_path)
     with _atomic_local_target(target) as temporary:
         if is_s3(uri):
-            storage_s3.download_file(str(uri), str(temporary), options)
+            storage_s3.download_file(str(uri), str(temporary), storage_s3.effective(options))
         else:
             source = _local_path(uri)
             if not source.is_file():
@@ -133,7 +135,7 @@ def download_file(uri: str | os.PathLike, local_path: str | os.PathLike, options
             shutil.copyfile(source, temporary)
 
 
-def upload_dir(local_dir: str | os.PathLike, uri: str | os.PathLike, options: S3Options = DEFAULT_OPTIONS) -> int:
+def upload_dir(local_dir: str | os.PathLike, uri: str | os.PathLike, options: S3Options | None = None) -> int:
     """Copy every file below ``local_dir`` to the same relative names under ``uri``; returns the count.
 
     Each file lands atomically; the folder as a whole does not (write a marker file last
@@ -148,7 +150,7 @@ def upload_dir(local_dir: str | os.PathLike, uri: str | os.PathLike, options: S3
     return len(files)
 
 
-def download_dir(uri: str | os.PathLike, local_dir: str | os.PathLike, options: S3Options = DEFAULT_OPTIONS) -> int:
+def download_dir(uri: str | os.PathLike, local_dir: str | os.PathLike, options: S3Options | None = None) -> int:
     """Copy every file below ``uri`` into ``local_dir`` keeping relative names; returns the count."""
     base = str(uri).rstrip("/") if is_s3(uri) else str(_local_path(uri))
     sources = list_uris(uri, recursive=True, options=options)
@@ -161,14 +163,14 @@ def download_dir(uri: str | os.PathLike, local_dir: str | os.PathLike, options: 
 # ----------------------------------------------------------------------------- listing
 
 
-def exists(uri: str | os.PathLike, options: S3Options = DEFAULT_OPTIONS) -> bool:
+def exists(uri: str | os.PathLike, options: S3Options | None = None) -> bool:
     """A file/object, or a directory (on S3: any object under ``uri/``), is at ``uri``."""
     if is_s3(uri):
-        return storage_s3.exists(str(uri), options)
+        return storage_s3.exists(str(uri), storage_s3.effective(options))
     return _local_path(uri).exists()
 
 
-def list_uris(uri: str | os.PathLike, recursive: bool = False, options: S3Options = DEFAULT_OPTIONS) -> list[str]:
+def list_uris(uri: str | os.PathLike, recursive: bool = False, options: S3Options | None = None) -> list[str]:
     """Sorted URIs under the directory ``uri``.
 
     Non-recursive: the direct children, subdirectories with a trailing "/". Recursive:
@@ -176,7 +178,7 @@ def list_uris(uri: str | os.PathLike, recursive: bool = False, options: S3Option
     backends (S3 has no directories to be missing).
     """
     if is_s3(uri):
-        return sorted(storage_s3.iter_listing(str(uri), recursive, options))
+        return sorted(storage_s3.iter_listing(str(uri), recursive, storage_s3.effective(options)))
     root = _local_path(uri)
     if not root.is_dir():
         return []
@@ -185,13 +187,13 @@ def list_uris(uri: str | os.PathLike, recursive: bool = False, options: S3Option
     return sorted(str(path) + ("/" if path.is_dir() else "") for path in root.iterdir())
 
 
-def delete(uri: str | os.PathLike, recursive: bool = False, options: S3Options = DEFAULT_OPTIONS) -> int:
+def delete(uri: str | os.PathLike, recursive: bool = False, options: S3Options | None = None) -> int:
     """Delete the file/object at ``uri`` (with ``recursive``, everything below it too).
 
     Missing targets are not an error. Returns how many files/objects were removed.
     """
     if is_s3(uri):
-        return storage_s3.delete(str(uri), recursive, options)
+        return storage_s3.delete(str(uri), recursive, storage_s3.effective(options))
     path = _local_path(uri)
     if path.is_dir():
         if not recursive:
@@ -209,7 +211,7 @@ def delete(uri: str | os.PathLike, recursive: bool = False, options: S3Options =
 # ----------------------------------------------------------------------------- pyarrow
 
 
-def pyarrow_filesystem(uri: str | os.PathLike, options: S3Options = DEFAULT_OPTIONS):
+def pyarrow_filesystem(uri: str | os.PathLike, options: S3Options | None = None):
     """``(pyarrow.fs.FileSystem, path)`` for ``uri``.
 
     For S3 the path is ``bucket/key`` (no scheme), as Ray Train's
@@ -218,7 +220,7 @@ def pyarrow_filesystem(uri: str | os.PathLike, options: S3Options = DEFAULT_OPTI
     Local paths come back absolute.
     """
     if is_s3(uri):
-        return storage_s3.pyarrow_filesystem(str(uri), options)
+        return storage_s3.pyarrow_filesystem(str(uri), storage_s3.effective(options))
     from pyarrow import fs as pafs
 
     return pafs.LocalFileSystem(), str(_local_path(uri).resolve())

@@ -49,6 +49,8 @@ AWS_ENV = (
     "AWS_SESSION_TOKEN",
     "AWS_SHARED_CREDENTIALS_FILE",
     "AWS_CONFIG_FILE",
+    "AWS_RETRY_MODE",
+    "AWS_MAX_ATTEMPTS",
 )
 
 
@@ -80,6 +82,36 @@ class S3Options:
             raise ValueError(
                 f"multipart_chunksize_bytes={self.multipart_chunksize_bytes}: S3 needs parts of at least 5 MiB (5242880)"
             )
+
+
+# A job's S3 settings (the storage section of its config) reach every process that talks to S3
+# (the driver, Ray workers and actors, DataLoader workers) as environment variables: botocore's
+# own two, and ours for the transfer sizes.
+OPTION_ENV = {
+    "retry_mode": "AWS_RETRY_MODE",
+    "max_attempts": "AWS_MAX_ATTEMPTS",
+    "multipart_threshold_bytes": "ECOM2F_S3_MULTIPART_THRESHOLD",
+    "multipart_chunksize_bytes": "ECOM2F_S3_MULTIPART_CHUNKSIZE",
+}
+
+
+def options_environment(options: S3Options) -> dict[str, str]:
+    """The environment variables that carry ``options`` to other processes."""
+    return {name: str(getattr(options, field)) for field, name in OPTION_ENV.items()}
+
+
+def environment_options() -> S3Options:
+    """This process's options: the defaults, overridden by what the environment carries."""
+    values = {}
+    for field, name in OPTION_ENV.items():
+        raw = os.environ.get(name)
+        if raw:
+            values[field] = raw if field == "retry_mode" else int(raw)
+    return S3Options(**values)
+
+
+def effective(options: S3Options | None) -> S3Options:
+    return options if options is not None else environment_options()
 
 
 # For preflight: an unreachable endpoint or a bad key must fail in seconds, not minutes.

@@ -37,7 +37,7 @@ def test_two_workers_on_s3_resume_after_a_worker_failure(ray_cluster, s3_bucket,
     assert marker.read_text() == "3"
 
     layout = config.storage.layout()
-    reports = read_metrics(layout.parent)
+    reports = read_metrics(layout.parent_metrics)
     assert [r["step"] for r in reports] == [1, 2, 3, 4, 5, 6]
     assert [r["resumed_from"] for r in reports] == [0, 0, 2, 2, 2, 2]
     assert [r["samples_consumed"] for r in reports] == [4 * step for step in range(1, 7)]  # 2 ranks x 2 images
@@ -54,7 +54,7 @@ def test_two_workers_on_s3_resume_after_a_worker_failure(ray_cluster, s3_bucket,
     storage.download_file(result.weights_uri, local)
     model = build_model(config.model)
     model.load_state_dict(torch.load(local, weights_only=True), strict=True)
-    assert storage.list_uris(storage.join(layout.parent, "tensorboard"))
+    assert storage.list_uris(layout.parent_tensorboard)
 
     # The driver reads the newest checkpoint's world size and ZeRO stage from Ray Train's run
     # folder before any worker starts: stage 0 resumes on another number of workers, a changed

@@ -53,7 +53,7 @@ def test_shipped_coco_recipe_trains_two_iterations_in_bf16(ray_cluster, s3_bucke
 
     result = launch_parent_training(config)
 
-    reports = read_metrics(config.storage.layout().parent)
+    reports = read_metrics(config.storage.layout().parent_metrics)
     assert [r["step"] for r in reports] == [1, 2]
     assert all(r["precision"] == "bf16" and r["world_size"] == 2 for r in reports)
     assert all(torch.isfinite(torch.tensor(r["loss_exit_" + str(k)])) for r in reports

@@ -12,14 +12,12 @@ from ecom2f.config import Config, config_from_dict, save_config, with_absolute_l
 from ecom2f.steps.datasets import ensure_synthetic_data, training_dataset
 from ecom2f.steps.parent.init import check_parent_init
 from ecom2f.steps.parent.state import check_resumable
-from ecom2f.steps.parent.train import WEIGHTS_FILE
 from ecom2f.steps.ray_cluster import init_ray
+from ecom2f.steps.runs import open_run
 from ecom2f.storage.errors import StorageNotSharedError
+from ecom2f.storage.layout import PARENT_WEIGHTS
 
 log = logging.getLogger(__name__)
-
-# Ray Train's run folder for step 1, under <run>/parent/.
-TRAIN_RUN_NAME = "train"
 
 
 @dataclass
@@ -53,7 +51,8 @@ def parent_worker(loop_config: dict) -> None:
     from ecom2f.steps.parent.train import train_parent
 
     config = config_from_dict(loop_config["config"], source="the job's resolved config")
-    session = RayTrainSession(config.storage.layout().parent, tensorboard=config.parent.tensorboard)
+    layout = config.storage.layout()
+    session = RayTrainSession(layout.parent_metrics, layout.parent_tensorboard if config.parent.tensorboard else None)
     failure = loop_config.get("fail_once")
     try:
         train_parent(config, session, training_dataset(config),
@@ -70,10 +69,8 @@ def prepare_parent_run(config: Config) -> int:
     generated if asked for, and the training set indexed (a missing or malformed annotation
     file, or too many bad samples, stop the job here). Returns the training set's size.
     """
-    layout = config.storage.layout()
-    storage.preflight(layout.run_uri)
+    layout = open_run(config)
     check_parent_init(config)
-    layout.create()
     save_config(config, layout.config)
     ensure_synthetic_data(config)
     dataset = training_dataset(config)
@@ -103,7 +100,7 @@ def check_resume_compatible(config: Config, filesystem, storage_path: str) -> No
     import pyarrow.fs
     from ray.train import Result
 
-    run_path = f"{storage_path.rstrip('/')}/{TRAIN_RUN_NAME}"
+    run_path = f"{storage_path.rstrip('/')}/{config.storage.layout().parent_train_name}"
     if filesystem.get_file_info(run_path).type == pyarrow.fs.FileType.NotFound:
         return
     try:
@@ -131,7 +128,7 @@ def launch_parent_training(config: Config, fail_once: dict | None = None) -> Par
 
     config = with_absolute_local_paths(config)  # workers run in folders of their own
     layout = config.storage.layout()
-    weights_uri = storage.join(layout.parent, WEIGHTS_FILE)
+    weights_uri = layout.parent_weights
     prepare_parent_run(config)
     if storage.exists(weights_uri):
         log.info("step 1 is complete (%s exists); nothing to train", weights_uri)
@@ -151,7 +148,7 @@ def launch_parent_training(config: Config, fail_once: dict | None = None) -> Par
         ),
         torch_config=TorchConfig(backend="nccl" if config.ray.use_gpu else "gloo"),
         run_config=RunConfig(
-            name=TRAIN_RUN_NAME,
+            name=layout.parent_train_name,
             storage_path=storage_path,
             storage_filesystem=filesystem,
             checkpoint_config=CheckpointConfig(num_to_keep=config.parent.keep_last),
@@ -163,6 +160,6 @@ def launch_parent_training(config: Config, fail_once: dict | None = None) -> Par
         raise RuntimeError(f"step 1 finished without a checkpoint under {layout.parent}; see the Ray logs")
     with tempfile.TemporaryDirectory(prefix="ecom2f-final-") as local:
         result.checkpoint.to_directory(local)
-        storage.upload_file(os.path.join(local, WEIGHTS_FILE), weights_uri)
+        storage.upload_file(os.path.join(local, PARENT_WEIGHTS), weights_uri)
     log.info("parent weights: %s", weights_uri)
     return ParentJobResult(weights_uri, dict(result.metrics or {}), result.checkpoint.path)

@@ -20,13 +20,13 @@ class RayTrainSession:
     the newest back through ``ray.train.get_checkpoint()`` when a worker group restarts.
     """
 
-    def __init__(self, metrics_uri: str | None = None, tensorboard: bool = True) -> None:
+    def __init__(self, metrics_uri: str | None = None, tensorboard_uri: str | None = None) -> None:
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
         self.device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
         self._restored: str | None = None
-        self._log = MetricsLog(metrics_uri, tensorboard) if metrics_uri and self.rank == 0 else None
+        self._log = MetricsLog(metrics_uri, tensorboard_uri) if metrics_uri and self.rank == 0 else None
 
     def latest_checkpoint(self) -> str | None:
         checkpoint = ray.train.get_checkpoint()

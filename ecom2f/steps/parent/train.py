@@ -23,9 +23,10 @@ from ecom2f.steps.parent.objective import normalize_batch
 from ecom2f.steps.parent.progress import LossWindow
 from ecom2f.steps.parent.session import TrainingSession
 from ecom2f.steps.parent.state import TrainState, restore_checkpoint, save_checkpoint
+from ecom2f.storage.layout import PARENT_WEIGHTS
 
-# The parent's weights (fp32), written next to the last checkpoint and copied to <run>/parent/.
-WEIGHTS_FILE = "model_final.pth"
+# Kept for callers not yet on RunLayout.parent_weights.
+WEIGHTS_FILE = PARENT_WEIGHTS
 
 
 def train_parent(config: Config, session: TrainingSession, dataset, *, build=build_model, fault=None) -> dict:
@@ -107,5 +108,5 @@ def checkpoint_and_report(trainer: ParentTrainer, state: TrainState, session: Tr
         save_checkpoint(trainer.engine, state, session.rank, session.device, staging)
         if final and session.rank == 0:
             weights = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
-            torch.save(weights, f"{staging}/{WEIGHTS_FILE}")
+            torch.save(weights, f"{staging}/{PARENT_WEIGHTS}")  # copied to <run>/parent/ by the job
         session.report(metrics, checkpoint_dir=staging)

@@ -1,6 +1,6 @@
 """Benchmark of the deformable-attention kernel against the grid_sample reference.
 
-``python -m ecom2f.ops.bench [--device cpu|cuda] [--runs 10] [--kernel default|vectorized-strict]``
+``python -m benchmarks.ops_msda [--device cpu|cuda] [--runs 10] [--kernel default|vectorized-strict]``
 prints a Markdown table: median time of forward and forward+backward after warm-up, peak
 extra memory, and the kernel's speed-up, at Mask2Former's inference size and at COCO
 training size (1024x1024). ``--kernel`` picks the CUDA kernel (it sets
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ecom2f.benchmarking import cpu_description
+from benchmarks.machine import cpu_description
 from ecom2f.ops import extension_loaded, has_kernel, ms_deform_attn_reference
 
 # name -> (batch, level shapes); H=8 heads of D=32, P=4 points, queries = all tokens.
