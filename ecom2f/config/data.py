@@ -110,4 +110,9 @@ class DataConfig(Section):
             raise ValueError(
                 f"data.test_min_size {self.test_min_size} must not exceed data.test_max_size {self.test_max_size}"
             )
+        if self.synthetic is not None and self.root is not None and self.root.startswith("s3://"):
+            raise ValueError(
+                f"data.synthetic generates local files, but data.root is {self.root!r}: set data.root to a local "
+                "folder, or remove data.synthetic and upload a generated set (ecom2f data synth) to S3"
+            )
         return self

@@ -66,6 +66,11 @@ def test_unknown_keys_name_the_path_and_the_closest_names(tree, expected):
         ),
         ({"parent": {"zero_stage": 3}}, "parent.zero_stage: 3 is not allowed; allowed: 0, 1, 2"),
         (
+            {"data": {"root": "s3://b/datasets", "synthetic": {"num_train": 4}}},
+            "data.synthetic generates local files, but data.root is 's3://b/datasets': set data.root to a local "
+            "folder, or remove data.synthetic and upload a generated set (ecom2f data synth) to S3",
+        ),
+        (
             {"solver": {"clip_gradients": {"type": "norm"}}},
             "solver.clip_gradients.type: 'norm' is not allowed; allowed: 'full_model'",
         ),

@@ -6,6 +6,8 @@ from __future__ import annotations
 import http.server
 import os
 import pickle
+import subprocess
+import sys
 import threading
 
 import pyarrow as pa
@@ -175,3 +177,35 @@ def test_pyarrow_filesystem_pickles_for_ray_workers_without_the_secret(s3_bucket
     table = pa.table({"k": [1, 2]})
     pq.write_table(table, path, filesystem=pickle.loads(payload))
     assert pq.read_table(path, filesystem=filesystem).equals(table)
+
+
+def test_the_run_configs_storage_settings_reach_this_process_and_the_ones_it_starts(s3_server, s3_bucket,
+                                                                                     monkeypatch, tmp_path):
+    from ecom2f.config import load_config
+    from ecom2f.steps.runs import open_run
+    from tests.conftest import REPO_ROOT
+
+    for name in storage_s3.OPTION_ENV.values():  # whatever open_run sets is undone after the test
+        monkeypatch.setenv(name, "placeholder")
+        monkeypatch.delenv(name)
+    config = load_config(REPO_ROOT / "configs" / "demo_cpu.yaml", [
+        f"storage.root={s3_bucket}/runs", "storage.retry_mode=standard", "storage.max_attempts=3",
+        "storage.multipart_threshold_mb=8", "storage.multipart_chunksize_mb=5",
+    ])
+    open_run(config)
+    options = storage.environment_options()  # what a call without options uses
+    assert (options.retry_mode, options.max_attempts) == ("standard", 3)
+    assert (options.multipart_threshold_bytes, options.multipart_chunksize_bytes) == (8 << 20, 5 << 20)
+    assert storage_s3.client(options).meta.config.retries == {"mode": "standard", "total_max_attempts": 3}
+    # A 9 MiB upload with the run's 8 MiB threshold goes in parts of 5 MiB (two parts).
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(9 << 20))
+    storage.upload_file(source, f"{s3_bucket}/runs/big.bin")
+    bucket, key = storage_s3.split_s3_uri(f"{s3_bucket}/runs/big.bin")
+    head = s3_server.client().head_object(Bucket=bucket, Key=key)
+    assert head["ETag"].strip('"').endswith("-2")  # a multipart ETag carries its part count
+    # A child process (a DataLoader worker, a Ray worker given the run's environment) reads the same.
+    code = ("from ecom2f import storage; o = storage.environment_options(); "
+            "print(o.retry_mode, o.max_attempts, o.multipart_threshold_bytes)")
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert child.stdout.split() == ["standard", "3", str(8 << 20)], child.stderr[-2000:]
