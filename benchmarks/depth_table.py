@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         gate_exits = list(config.model.gate.exits)
 
         from ecom2f.data import collate_samples
-        from ecom2f.steps.parent import normalize_batch
+        from ecom2f.modeling import normalize_batch
 
         samples = [evaluator.dataset[i % len(evaluator.dataset)] for i in range(batch)]
         collated = collate_samples(samples)

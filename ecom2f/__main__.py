@@ -1,5 +1,5 @@
 import sys
 
-from ecom2f.cli.main import main
+from ecom2f.cli import main
 
 sys.exit(main())

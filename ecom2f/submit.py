@@ -13,6 +13,7 @@ against a real local head; ``ecom2f.cli.submit`` is the command.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import shlex
@@ -110,12 +111,13 @@ def load_runtime_env(path: str | os.PathLike = DEFAULT_RUNTIME_ENV, working_dir:
     return {**env, "working_dir": str(directory), "env_vars": dict(env_vars)}
 
 
-def entrypoint_for(argv: list[str], working_dir: str | None = None) -> str:
+def entrypoint_for(argv: list[str], working_dir: str | None = None, *, parser: argparse.ArgumentParser) -> str:
     """The shell command of the job: ``ecom2f <argv>``, after checking it is a real command.
 
-    ``argv`` is parsed with the same parser the job will use, so a typo fails here rather
-    than minutes later on the cluster. A ``--config`` given as a relative path must exist
-    inside the working directory, the only files the job will see.
+    ``argv`` is parsed with ``parser``, the ``ecom2f`` command's own (``ecom2f.cli.build_parser()``,
+    passed in because the command imports this module, not the other way round), so a typo
+    fails here rather than minutes later on the cluster. A ``--config`` given as a relative
+    path must exist inside the working directory, the only files the job will see.
     """
     argv = list(argv)
     if argv and argv[0] == "--":
@@ -124,10 +126,8 @@ def entrypoint_for(argv: list[str], working_dir: str | None = None) -> str:
         raise SubmitError("no command to submit: give one after --, e.g. ecom2f submit -- config show configs/demo_cpu.yaml")
     if argv[0] in ("ecom2f", "submit"):
         raise SubmitError(f"give the ecom2f subcommand without {argv[0]!r}: ecom2f submit -- train-parent --config ...")
-    from ecom2f.cli import build_parser
-
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except SystemExit:
         raise SubmitError(f"`ecom2f {shlex.join(argv)}` is not a valid ecom2f command (argparse's reason is above); "
                           "check it with `ecom2f <command> --help`") from None
@@ -149,9 +149,12 @@ def submit(
     extra_env: dict[str, str] | None = None,
     entrypoint_num_cpus: float | None = None,
     client=None,
+    *,
+    parser: argparse.ArgumentParser,
 ) -> SubmittedJob:
     """Submits ``ecom2f <argv>`` as a Ray job and returns its id (the submission id).
 
+    ``parser`` checks the command (see :func:`entrypoint_for`).
     ``runtime_env`` defaults to :func:`load_runtime_env` of ``cluster/runtime_env.yaml``;
     ``extra_env`` adds environment variables for this job only.
     """
@@ -161,7 +164,7 @@ def submit(
         if "RAY_ADDRESS" in extra_env:
             raise SubmitError("--env RAY_ADDRESS=...: the job's driver gets its cluster from Ray; do not set it")
         runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **extra_env}
-    entrypoint = entrypoint_for(argv, runtime_env.get("working_dir"))
+    entrypoint = entrypoint_for(argv, runtime_env.get("working_dir"), parser=parser)
     if client is None:
         from ray.job_submission import JobSubmissionClient
 

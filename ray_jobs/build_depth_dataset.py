@@ -1,4 +1,4 @@
-"""``python -m ray_jobs.build_depth_dataset ...``: ``ecom2f build-depth ...`` as a Ray job's entry point."""
+"""``python -m ray_jobs.build_depth_dataset ARGS`` is ``ecom2f build-depth ARGS`` (a Ray job's driver)."""
 import sys
 
 from ecom2f.cli import main

@@ -1,4 +1,4 @@
-"""``python -m ray_jobs.evaluate ...``: ``ecom2f evaluate ...`` as a Ray job's entry point."""
+"""``python -m ray_jobs.evaluate ARGS`` is ``ecom2f evaluate ARGS`` (a Ray job's driver)."""
 import sys
 
 from ecom2f.cli import main

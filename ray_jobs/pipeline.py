@@ -1,4 +1,4 @@
-"""``python -m ray_jobs.pipeline ...``: ``ecom2f pipeline ...`` as a Ray job's entry point."""
+"""``python -m ray_jobs.pipeline ARGS`` is ``ecom2f pipeline ARGS`` (a Ray job's driver)."""
 import sys
 
 from ecom2f.cli import main

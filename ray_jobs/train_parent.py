@@ -1,4 +1,4 @@
-"""``python -m ray_jobs.train_parent ...``: ``ecom2f train-parent ...`` as a Ray job's entry point."""
+"""``python -m ray_jobs.train_parent ARGS`` is ``ecom2f train-parent ARGS`` (a Ray job's driver)."""
 import sys
 
 from ecom2f.cli import main

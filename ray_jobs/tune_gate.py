@@ -1,4 +1,4 @@
-"""``python -m ray_jobs.tune_gate ...``: ``ecom2f tune-gate ...`` as a Ray job's entry point."""
+"""``python -m ray_jobs.tune_gate ARGS`` is ``ecom2f tune-gate ARGS`` (a Ray job's driver)."""
 import sys
 
 from ecom2f.cli import main

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import sys
+import argparse
+
+from ecom2f.errors import UserError
 
 
-def add_commands(subparsers) -> None:
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Adds ``data`` and its actions ``synth`` and ``check``."""
     data = subparsers.add_parser("data", help="generate synthetic data, check datasets")
     commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
 
@@ -14,7 +17,7 @@ def add_commands(subparsers) -> None:
     synth.add_argument("--num-images", type=int, default=200)
     synth.add_argument("--image-size", type=int, default=160, help="square side in pixels")
     synth.add_argument("--seed", type=int, default=0)
-    synth.set_defaults(func=_synth)
+    synth.set_defaults(func=run_data_synth)
 
     check = commands.add_parser(
         "check", help="read every sample of a dataset and list its problems (exit 1 on any error)"
@@ -27,12 +30,13 @@ def add_commands(subparsers) -> None:
     check.add_argument("--label-root", help="semantic label folder (default: ROOT/labels)")
     check.add_argument("--classes", help="semantic: number of classes or comma-separated names")
     check.add_argument("--ignore-value", type=int, default=255)
-    check.set_defaults(func=_check)
+    check.set_defaults(func=run_data_check)
 
     data.set_defaults(func=lambda args: data.print_help() or 2)
 
 
-def _synth(args) -> int:
+def run_data_synth(args: argparse.Namespace) -> int:
+    """Writes the synthetic dataset and says how long it took."""
     import time
 
     from ecom2f.data.synthetic import generate
@@ -43,27 +47,31 @@ def _synth(args) -> int:
     return 0
 
 
-def _check(args) -> int:
-    from ecom2f.data.check import check_dataset, spec_from_root
+def run_data_check(args: argparse.Namespace) -> int:
+    """Prints the dataset's problems; exit status 1 if there is any error among them."""
+    from ecom2f.data.check import check_dataset
+
+    report = check_dataset(_dataset_to_check(args))
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def _dataset_to_check(args: argparse.Namespace):
+    """A registered dataset's name, or the spec of the folder ``args.root`` in ``args.format``."""
+    from ecom2f.data.check import spec_from_root
     from ecom2f.data.registry import registered_datasets
 
     if args.format is None:
         if args.root not in registered_datasets():
-            print(f"error: {args.root!r} is not a registered dataset name: pass --format", file=sys.stderr)
-            return 2
-        spec = args.root
-    else:
-        classes = args.classes
-        if classes is not None:
-            classes = int(classes) if classes.isdigit() else [c.strip() for c in classes.split(",")]
-        try:
-            spec = spec_from_root(
-                args.root, args.format, args.json, args.image_root, args.png_root, args.label_root,
-                classes, args.ignore_value,
-            )
-        except ValueError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-    report = check_dataset(spec)
-    print(report.format())
-    return 0 if report.ok else 1
+            raise UserError(f"{args.root!r} is not a registered dataset name: pass --format")
+        return args.root
+    classes = args.classes
+    if classes is not None:
+        classes = int(classes) if classes.isdigit() else [name.strip() for name in classes.split(",")]
+    try:
+        return spec_from_root(args.root, args.format, args.json, args.image_root, args.png_root, args.label_root,
+                              classes, args.ignore_value)
+    except UserError:
+        raise
+    except ValueError as error:  # spec_from_root names the flag to pass; TODO: raise a UserError there
+        raise UserError(str(error)) from None

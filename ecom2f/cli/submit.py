@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+# ``ecom2f submit --wait --timeout S`` exits with this status when the job outlives S seconds,
+# as coreutils' ``timeout`` does.
+EXIT_STILL_RUNNING = 124
 
-def add_commands(subparsers) -> None:
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Adds ``submit``."""
     parser = subparsers.add_parser(
         "submit",
         help="run an ecom2f command as a job on the Ray cluster in $RAY_ADDRESS (Ray Jobs API)",
@@ -28,18 +33,20 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--timeout", type=float, help="with --wait: give up waiting after this many seconds")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...",
                         help="the ecom2f command to run, after --")
-    parser.set_defaults(func=_submit)
+    parser.set_defaults(func=run_submit)
 
 
-def _submit(args) -> int:
-    from ecom2f.submit import SubmitError, load_runtime_env, parse_env_pairs, print_submitted, submit, wait_for_job
+def run_submit(args: argparse.Namespace) -> int:
+    """Submits the job and prints how to follow it; with ``--wait``, its logs and final status.
 
-    try:
-        runtime_env = load_runtime_env(args.runtime_env, args.working_dir)
-        job = submit(args.command, args.address, runtime_env, args.submission_id, parse_env_pairs(args.env))
-    except SubmitError as error:
-        print(f"ecom2f submit: error: {error}", file=sys.stderr)
-        return 2
+    Bad input raises :class:`ecom2f.submit.SubmitError` (a ``UserError``) before any
+    connection to the cluster.
+    """
+    from ecom2f.submit import load_runtime_env, parse_env_pairs, print_submitted, submit, wait_for_job
+
+    runtime_env = load_runtime_env(args.runtime_env, args.working_dir)
+    job = submit(args.command, args.address, runtime_env, args.submission_id, parse_env_pairs(args.env),
+                 parser=args.ecom2f_parser)
     print_submitted(job)
     if not args.wait:
         return 0
@@ -49,6 +56,6 @@ def _submit(args) -> int:
         status = wait_for_job(JobSubmissionClient(job.address), job.job_id, args.timeout, out=sys.stdout)
     except TimeoutError as error:
         print(f"ecom2f submit: {error}", file=sys.stderr)
-        return 124
+        return EXIT_STILL_RUNNING
     print(f"job {job.job_id}: {status}")
     return 0 if status == "SUCCEEDED" else 1

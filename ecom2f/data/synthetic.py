@@ -27,6 +27,7 @@ from scipy.ndimage import gaussian_filter
 from ecom2f.data.fileio import write_bytes_atomic
 from ecom2f.data.image_io import id_to_rgb
 from ecom2f.data.synthetic_shapes import STUFF_CLASSES, THING_CLASSES, bricks, shape_mask, smooth_noise, texture
+from ecom2f.errors import BadInputError
 
 MIN_VISIBLE_PX = 12  # smaller visible fragments of an occluded shape become void
 MAX_OBJECTS = 14
@@ -101,7 +102,7 @@ def render(index: int, image_size: int = 160, seed: int = 0) -> dict:
     "segments_info": [...], "difficulty": float, "difficulty_factors": {...}}.
     """
     if image_size < 32:
-        raise ValueError(f"image_size={image_size} is too small to draw shapes; use 64 or more (default 160)")
+        raise BadInputError(f"image_size={image_size} is too small to draw shapes; use 64 or more (default 160)")
     rng = np.random.default_rng([seed, index])  # the draws below happen in this order, image after image
     size = image_size
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
@@ -260,7 +261,7 @@ def generate(
     same files.
     """
     if num_images < 1:
-        raise ValueError(f"num_images={num_images}: generate at least one image")
+        raise BadInputError(f"num_images={num_images}: generate at least one image (--num-images 1 or more)")
     out = Path(out_dir)
     images, annotations = [], []
     for index in range(num_images):

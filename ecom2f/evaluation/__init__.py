@@ -2,15 +2,29 @@
 
 from ecom2f.evaluation.coco_panoptic_files import pq_compute_files, read_panoptic_png, write_panoptic_png
 from ecom2f.evaluation.mask_ap import MaskAPEvaluator, mask_ap
-from ecom2f.evaluation.panoptic_quality import PanopticGroundTruth, PQStat, PQStatCat, normalize_categories, pq_single
+from ecom2f.evaluation.panoptic_quality import (
+    ImagePQ,
+    PanopticGroundTruth,
+    PQStat,
+    PQStatCat,
+    contiguous_categories,
+    contiguous_segments,
+    image_pq,
+    normalize_categories,
+    pq_single,
+)
 from ecom2f.evaluation.semantic import SemanticConfusion, semantic_metrics
 
 __all__ = [
+    "ImagePQ",
     "MaskAPEvaluator",
-    "PanopticGroundTruth",
     "PQStat",
     "PQStatCat",
+    "PanopticGroundTruth",
     "SemanticConfusion",
+    "contiguous_categories",
+    "contiguous_segments",
+    "image_pq",
     "mask_ap",
     "normalize_categories",
     "pq_compute_files",

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ecom2f.errors import BadInputError, MissingFileError
 from ecom2f.evaluation.panoptic_quality import PQStat, pq_single
 
 __all__ = ["read_panoptic_png", "write_panoptic_png", "pq_compute_files", "format_pq_table"]
@@ -60,7 +61,7 @@ def pq_compute_files(
     pred_folder = Path(pred_folder) if pred_folder is not None else pred_json.with_suffix("")
     for folder in (gt_folder, pred_folder):
         if not folder.is_dir():
-            raise FileNotFoundError(f"segmentation folder {folder} does not exist; pass it explicitly")
+            raise MissingFileError(f"segmentation folder {folder} does not exist; pass it with --gt-folder / --pred-folder")
     gt_meta = json.loads(gt_json.read_text())
     pred_meta = json.loads(pred_json.read_text())
     categories = gt_meta["categories"]
@@ -69,7 +70,7 @@ def pq_compute_files(
     for gt_ann in gt_meta["annotations"]:
         pred_ann = predictions.get(gt_ann["image_id"])
         if pred_ann is None:
-            raise ValueError(f"no prediction for the image with id {gt_ann['image_id']} in {pred_json}")
+            raise BadInputError(f"no prediction for the image with id {gt_ann['image_id']} in {pred_json}")
         try:
             total += pq_single(
                 read_panoptic_png(pred_folder / pred_ann["file_name"]),

@@ -19,17 +19,32 @@ not crowd, matches when ``IoU > 0.5`` with the prediction's VOID pixels removed 
 union; unmatched non-crowd gt segments are false negatives; an unmatched prediction is a
 false positive unless more than half of it lies on VOID plus the crowd region of its
 category (the last crowd segment of that category in ``gt_segments``).
+
+Per image (step 2's depth table and the evaluation's rows): :func:`image_pq`, in one id
+convention, the model's contiguous class ids (positions in the dataset's category list):
+ground truth goes through :func:`contiguous_segments`, categories through
+:func:`contiguous_categories`, predictions are scored as the model outputs them.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
-__all__ = ["PQStatCat", "PQStat", "PanopticGroundTruth", "pq_single", "normalize_categories"]
+__all__ = [
+    "ImagePQ",
+    "PQStat",
+    "PQStatCat",
+    "PanopticGroundTruth",
+    "contiguous_categories",
+    "contiguous_segments",
+    "image_pq",
+    "normalize_categories",
+    "pq_single",
+]
 
 # Largest id for which a dense lookup table is cheaper than a sorted search.
 _LOOKUP_TABLE_MAX_ID = 1 << 16
@@ -295,3 +310,62 @@ def _pq_against(truth: PanopticGroundTruth, pred_ids, pred_segments) -> PQStat:
             continue
         stat(pred_cat[p]).fp += 1
     return PQStat(stats)
+
+
+# ----------------------------------------------------------------------------- per image, contiguous ids
+
+
+def contiguous_categories(categories: Sequence) -> dict[int, dict]:
+    """A dataset's categories in contiguous order (its metadata's ``categories``: objects with an
+    ``isthing`` attribute, or dicts with an ``"isthing"`` key) -> ``{i: {"isthing": 0/1}}``."""
+    def isthing(category) -> int:
+        return int(category["isthing"] if isinstance(category, Mapping) else category.isthing)
+
+    return {i: {"isthing": isthing(c)} for i, c in enumerate(categories)}
+
+
+def contiguous_segments(segments: Sequence[Mapping], to_contiguous: Mapping[int, int]) -> list[dict]:
+    """Ground-truth segments ``{"id", "category_id" (dataset id), "iscrowd"}`` -> ``{"id",
+    "category_id" (contiguous id), "iscrowd"}`` (``to_contiguous``: the metadata's
+    ``dataset_id_to_contiguous``)."""
+    out = []
+    for segment in segments:
+        category = int(segment["category_id"])
+        if category not in to_contiguous:
+            raise ValueError(f"segment {segment['id']} has category_id {category}, which is not among the dataset's "
+                             f"categories {sorted(to_contiguous)}; fix the annotation or the category list")
+        out.append({"id": int(segment["id"]), "category_id": int(to_contiguous[category]),
+                    "iscrowd": int(segment.get("iscrowd", 0))})
+    return out
+
+
+@dataclass(frozen=True)
+class ImagePQ:
+    """One image's PQ: its sums (``stat``, mergeable into the dataset PQ with ``+``) and their
+    averages over the image's classes (NaN where a group has no class: nothing to get wrong)."""
+
+    stat: PQStat
+    pq: float
+    sq: float
+    rq: float
+    pq_things: float
+    pq_stuff: float
+
+    def averages(self) -> dict[str, float]:
+        """``{"pq", "sq", "rq", "pq_things", "pq_stuff"}``."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "stat"}
+
+
+def image_pq(truth: PanopticGroundTruth, pred_ids, pred_segments) -> ImagePQ:
+    """One prediction of one image scored against its indexed ground truth.
+
+    Args:
+        truth: the image's ground truth with contiguous category ids (:func:`contiguous_segments`)
+            and categories (:func:`contiguous_categories`).
+        pred_ids: ``[H, W]`` int predicted id map at the ground truth's size, 0 = void.
+        pred_segments: ``{"id", "category_id" (contiguous, as the model predicts)}``.
+    """
+    stat = truth.pq(pred_ids, pred_segments)
+    summary = stat.summary(truth.categories)
+    return ImagePQ(stat, summary["All"]["pq"], summary["All"]["sq"], summary["All"]["rq"],
+                   summary["Things"]["pq"], summary["Stuff"]["pq"])

@@ -16,18 +16,20 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from ecom2f.config.model import ModelConfig
 from ecom2f.modeling.matcher import HungarianMatcher
 from ecom2f.modeling.point_sampling import point_sample, uncertain_point_coords_with_randomness
 
 __all__ = [
-    "SetCriterion",
+    "DEFAULT_WEIGHT_DICT",
     "MatchedPairs",
+    "SetCriterion",
+    "build_criterion",
     "check_targets",
+    "dice_loss",
     "matched_pairs_on_device",
     "pad_target_masks",
     "sigmoid_ce_loss",
-    "dice_loss",
-    "DEFAULT_WEIGHT_DICT",
 ]
 
 DEFAULT_WEIGHT_DICT = {"loss_ce": 2.0, "loss_mask": 5.0, "loss_dice": 5.0}
@@ -336,3 +338,24 @@ class SetCriterion(torch.nn.Module):
             raw[f"loss_mask{suffix}"] = loss_mask
             raw[f"loss_dice{suffix}"] = loss_dice
         return raw
+
+
+def build_criterion(config: ModelConfig) -> SetCriterion:
+    """The criterion of a model section: ``config.criterion``'s weights, used both as the matcher's
+    costs and as the loss weights (as Mask2Former's CLASS/MASK/DICE_WEIGHT), for
+    ``config.num_classes`` classes."""
+    criterion = config.criterion
+    matcher = HungarianMatcher(
+        cost_class=criterion.class_weight, cost_mask=criterion.mask_weight, cost_dice=criterion.dice_weight,
+        num_points=criterion.num_points,
+    )
+    return SetCriterion(
+        config.num_classes,
+        matcher,
+        weight_dict={"loss_ce": criterion.class_weight, "loss_mask": criterion.mask_weight,
+                     "loss_dice": criterion.dice_weight},
+        eos_coef=criterion.no_object_weight,
+        num_points=criterion.num_points,
+        oversample_ratio=criterion.oversample_ratio,
+        importance_sample_ratio=criterion.importance_sample_ratio,
+    )

@@ -25,6 +25,7 @@ import pandas as pd
 
 from ecom2f import storage
 from ecom2f.config import Config
+from ecom2f.errors import StaleRunError
 from ecom2f.steps.runs import open_run
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ def _check_no_stale_artifacts(steps: tuple[Step, ...], complete: list[bool], con
     stale = [step for step, done in zip(steps[first + 1:], complete[first + 1:]) if done]
     if stale:
         folders = ", ".join(step.marker(config).rsplit("/", 1)[0] for step in stale)  # the artifacts' folders
-        raise RuntimeError(
+        raise StaleRunError(
             f"step {steps[first].name} has no artifact ({steps[first].marker(config)}) but the later "
             f"step(s) {[step.name for step in stale]} are complete: they were made from an earlier "
             f"{steps[first].name} and would not match the new one. Delete {folders} to recompute them, "

@@ -1,12 +1,11 @@
-"""The stages of the Ray Data jobs (step 2, evaluation): where they run, how Ray starts, what
-crosses between them, and how a model actor computes and keeps time.
+"""The Ray glue of the Ray Data jobs (step 2, the evaluation): how Ray starts, what each stage
+asks of the cluster, and the staged pipeline.
 
-Both jobs chain three ``map_batches`` stages (:func:`staged_dataset`): CPU loaders (decode,
-resize), model actors (the network only), CPU scorers (PQ, mIoU, mask AP). Between stages an
-image travels as packed cells (:func:`pack`): masks at 1 bit per pixel, label maps in the
-smallest unsigned type, never mask logits.
+Both jobs chain three ``map_batches`` stages (:func:`load_model_score`): CPU loaders (decode,
+resize), model actors (the network only: :mod:`ecom2f.steps.inference`), CPU scorers (PQ,
+mIoU, mask AP). Between stages an image travels as packed cells (:mod:`ecom2f.steps.packing`).
 
-Resource rule (:func:`model_stage_plan`, :func:`cpu_stage_plan`):
+Resource rule (:func:`model_stage_plan`, :func:`cpu_stage_plan`), the same for both jobs:
 
 - GPU clusters (``ray.use_gpu`` and GPUs in ``ray.cluster_resources()``): one GPU and one CPU per
   model actor; ``num_actors`` None = one actor per GPU. CPU stages get 1 CPU per actor.
@@ -18,26 +17,30 @@ Resource rule (:func:`model_stage_plan`, :func:`cpu_stage_plan`):
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import math
 import os
-import pickle
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-import numpy as np
+log = logging.getLogger(__name__)
 
 __all__ = [
-    "FRACTIONAL_CPUS", "PRECISIONS", "StagePlan", "model_stage_plan", "cpu_stage_plan", "stage_plans",
-    "init_ray", "network_precision", "DeviceClock", "Stage", "staged_dataset", "pack", "unpack", "pack_masks",
-    "unpack_masks", "compact_labels",
+    "FRACTIONAL_CPUS",
+    "Stage",
+    "StagePlan",
+    "cpu_stage_plan",
+    "init_ray",
+    "load_model_score",
+    "load_model_score_stages",
+    "model_stage_plan",
+    "stage_plans",
+    "staged_dataset",
 ]
 
 FRACTIONAL_CPUS = 0.5
 GPU_ACTOR_CPUS = 1.0  # the Python thread that feeds the GPU; decoding and scoring run elsewhere
 CPU_STAGES = 2  # loaders and scorers share the CPUs the model actors leave
-PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -112,44 +115,7 @@ def init_ray(address: str | None) -> None:
         ray.init(address=address or os.environ.get("RAY_ADDRESS"))
 
 
-# ----------------------------------------------------------------------------- inside a model actor
-
-
-def network_precision(precision: str, device) -> contextlib.AbstractContextManager:
-    """The network's autocast: bf16 under ``torch.autocast(device.type, torch.bfloat16)``, fp32 none.
-
-    Only the forward pass goes under it; callers cast outputs to fp32 before post-processing
-    and losses.
-    """
-    import torch
-
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: choose one of {PRECISIONS}")
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-class DeviceClock:
-    """``clock()`` after the device's queued work is done: on CUDA it synchronises first, so a
-    difference of two readings is the time the device took, not the time to queue kernels.
-
-    ``clock`` is the time source (``time.perf_counter``); tests give a counter instead.
-    """
-
-    def __init__(self, device, clock: Callable[[], float] = time.perf_counter) -> None:
-        self.device = device
-        self.clock = clock
-
-    def __call__(self) -> float:
-        import torch
-
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return self.clock()
-
-
-# ----------------------------------------------------------------------------- the pipeline and its payloads
+# ----------------------------------------------------------------------------- the pipeline
 
 MAX_BLOCKS = 1000  # input blocks: about one per batch on small runs, at most this many on COCO-sized ones
 
@@ -179,31 +145,24 @@ def staged_dataset(items: list[dict], stages: list[Stage], batch_size: int):
     return dataset
 
 
-def pack(value) -> bytes:
-    """One image's payload between stages (numpy arrays, lists, dicts) as one binary cell."""
-    return pickle.dumps(value, protocol=5)
+# A stage's work: the callable class Ray Data builds per actor, and its constructor's keyword arguments.
+Work = tuple[type, dict]
 
 
-def unpack(cell: bytes):
-    return pickle.loads(cell)
+def load_model_score_stages(loader: Work, model: Work, scorer: Work, use_gpu: bool,
+                            num_actors: int | None) -> list[Stage]:
+    """The three stages of both jobs with their pools: loaders and scorers on the CPU stage plan,
+    the model on the model stage plan (:func:`stage_plans` of the connected cluster)."""
+    model_plan, cpu_plan = stage_plans(use_gpu, num_actors)
+    return [Stage(*loader, cpu_plan), Stage(*model, model_plan), Stage(*scorer, cpu_plan)]
 
 
-def pack_masks(masks) -> dict:
-    """bool ``[K, H, W]`` -> 1 bit per pixel (exact; ``unpack_masks`` inverts it)."""
-    masks = np.asarray(masks, dtype=bool)
-    return {"bits": np.packbits(masks.reshape(-1)), "shape": tuple(masks.shape)}
-
-
-def unpack_masks(packed: dict) -> np.ndarray:
-    shape = packed["shape"]
-    return np.unpackbits(packed["bits"], count=math.prod(shape)).reshape(shape).astype(bool)
-
-
-def compact_labels(labels) -> np.ndarray:
-    """A non-negative integer map (ids, classes) in the smallest unsigned dtype that holds it."""
-    labels = np.asarray(labels)
-    if not labels.size or labels.min() < 0:
-        return labels
-    top = int(labels.max())
-    dtype = next((d for d in (np.uint8, np.uint16, np.uint32) if top <= np.iinfo(d).max), np.int64)
-    return labels.astype(dtype)
+def load_model_score(items: list[dict], loader: Work, model: Work, scorer: Work, *, use_gpu: bool,
+                     num_actors: int | None, batch_size: int, job: str):
+    """``items`` (``{"index": position}`` rows) through loaders (CPU) -> model actors -> scorers
+    (CPU), lazily: a Ray Dataset of the scorers' rows. ``job`` names the job in the log."""
+    stages = load_model_score_stages(loader, model, scorer, use_gpu, num_actors)
+    cpu, net = stages[0].plan, stages[1].plan
+    log.info("%s stages: %d-%d loaders %s, %d model actors %s, %d-%d scorers", job, cpu.min_size, cpu.max_size,
+             cpu.resources, net.max_size, net.resources, cpu.min_size, cpu.max_size)
+    return staged_dataset(items, stages, batch_size)

@@ -108,17 +108,12 @@ def stop_descendants(grace_s: float = 10.0) -> int:
 
 
 def run_submit_cli(argv: list[str]) -> tuple[int, str]:
-    """``ecom2f submit ARGV`` in this process (the parser ecom2f's main would build), stdout captured."""
-    import argparse
+    """``ecom2f submit ARGV`` in this process (ecom2f's own entry point), stdout captured."""
+    from ecom2f.cli import main as ecom2f_main
 
-    from ecom2f.cli import submit as submit_cli
-
-    parser = argparse.ArgumentParser(prog="ecom2f")
-    submit_cli.add_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["submit", *argv])
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = args.func(args)
+        code = ecom2f_main(["submit", *argv])
     return code, out.getvalue()
 
 

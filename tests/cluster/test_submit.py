@@ -5,20 +5,21 @@ The Jobs API path itself runs against a real head in test_submit_local_head.py.
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 
-from ecom2f.cli import submit as submit_cli
-from ecom2f.submit import SubmitError, dashboard_address, entrypoint_for, load_runtime_env, parse_env_pairs, submit
+from ecom2f.cli import build_parser, main
+from ecom2f.submit import SubmitError, dashboard_address, load_runtime_env, parse_env_pairs, submit
+from ecom2f.submit import entrypoint_for as library_entrypoint_for
 from tests.conftest import REPO_ROOT
 
 
+def entrypoint_for(argv, working_dir=None):
+    """The library's check with ecom2f's own parser, as ``ecom2f submit`` calls it."""
+    return library_entrypoint_for(argv, working_dir, parser=build_parser())
+
+
 def _cli(argv, capsys):
-    parser = argparse.ArgumentParser(prog="ecom2f")
-    submit_cli.add_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["submit", *argv])
-    code = args.func(args)
+    code = main(["submit", *argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -87,11 +88,15 @@ def test_bad_input_fails_before_contacting_any_cluster(tmp_path, capsys, monkeyp
     monkeypatch.chdir(REPO_ROOT)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     code, out, err = _cli(["--", "config", "show", "configs/demo_cpu.yaml"], capsys)
-    assert code == 2 and "set RAY_ADDRESS" in err and not out
+    assert code == 2 and err.startswith("ecom2f submit: error: no cluster address: set RAY_ADDRESS") and not out
     code, out, err = _cli(["--address", "http://127.0.0.1:9", "--", "config", "shwo"], capsys)
-    assert code == 2 and "`ecom2f config shwo` is not a valid ecom2f command" in err
+    # argparse's own two lines about `config shwo`, then ecom2f's one line.
+    assert code == 2 and "invalid choice: 'shwo'" in err
+    assert err.splitlines()[-1].startswith("ecom2f submit: error: `ecom2f config shwo` is not a valid ecom2f command")
     code, out, err = _cli(["--address", "http://127.0.0.1:9", "--env", "RAY_ADDRESS=x", "--", "data", "synth", "d"],
                           capsys)
-    assert code == 2 and "do not set it" in err
+    assert code == 2 and err == ("ecom2f submit: error: --env RAY_ADDRESS=...: the job's driver gets its cluster "
+                                 "from Ray; do not set it\n")
     with pytest.raises(SubmitError, match="runtime environment file"):
-        submit(["data", "synth", "d"], "http://127.0.0.1:9", load_runtime_env(tmp_path / "nope.yaml"))
+        submit(["data", "synth", "d"], "http://127.0.0.1:9", load_runtime_env(tmp_path / "nope.yaml"),
+               parser=build_parser())

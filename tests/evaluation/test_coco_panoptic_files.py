@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from ecom2f.cli import evaluation as cli
+from ecom2f.cli import pq as cli
 from ecom2f.evaluation.coco_panoptic_files import pq_compute_files, read_panoptic_png, write_panoptic_png
 from ecom2f.evaluation.panoptic_quality import PQStat, pq_single
 
@@ -70,7 +70,7 @@ def test_edited_prediction_folder_matches_in_memory_pq(sample, tmp_path):
     output = tmp_path / "summary.json"
     args = argparse.Namespace(gt_json=str(gt_json), pred_json=str(pred_json), gt_folder=None, pred_folder=None,
                               output=str(output))
-    assert cli._run(args) == 0
+    assert cli.run_pq(args) == 0
     assert json.loads(output.read_text())["All"]["pq"] == pytest.approx(reference["All"]["pq"])
 
 
@@ -87,4 +87,4 @@ def test_command_is_registered():
     parser = argparse.ArgumentParser()
     cli.add_commands(parser.add_subparsers())
     args = parser.parse_args(["pq", "--gt-json", "a.json", "--pred-json", "b.json"])
-    assert args.func is cli._run and args.gt_folder is None
+    assert args.func is cli.run_pq and args.gt_folder is None

@@ -9,7 +9,15 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from ecom2f.evaluation.panoptic_quality import PanopticGroundTruth, PQStat, PQStatCat, pq_single
+from ecom2f.evaluation.panoptic_quality import (
+    PanopticGroundTruth,
+    PQStat,
+    PQStatCat,
+    contiguous_categories,
+    contiguous_segments,
+    image_pq,
+    pq_single,
+)
 
 CATEGORIES = {
     1: {"name": "person", "isthing": 1},
@@ -271,6 +279,51 @@ def test_indexed_ground_truth_serves_several_predictions():
             assert truth.pq(shifted, pred_segments) == pq_single(shifted, pred_segments, gt, gt_segments, CATEGORIES)
     with pytest.raises(ValueError, match="differ in shape"):
         truth.pq(np.zeros((1, 1), dtype=np.int64), [])
+
+
+# --- per image, in contiguous ids (step 2 and the evaluation) ----------------------------
+
+# The crafted image's classes under dataset ids with gaps, listed in contiguous order (as a
+# dataset's metadata sorts them): person 7 -> 0, car 9 -> 1, sky 25 -> 2, grass 40 -> 3.
+DATASET_CATEGORIES = [{"id": 7, "isthing": 1}, {"id": 9, "isthing": 1}, {"id": 25, "isthing": 0},
+                      {"id": 40, "isthing": 0}]
+TO_CONTIGUOUS = {7: 0, 9: 1, 25: 2, 40: 3}
+
+
+def test_image_pq_of_the_crafted_image_in_contiguous_ids():
+    pred, pred_segments, gt, gt_segments = _crafted_image()
+    to_dataset = {1: 7, 2: 9, 3: 25, 4: 40}
+    gt_segments = [{**s, "category_id": to_dataset[s["category_id"]]} for s in gt_segments]  # as annotated
+    pred_segments = [{**s, "category_id": TO_CONTIGUOUS[to_dataset[s["category_id"]]]} for s in pred_segments]
+    categories = contiguous_categories(DATASET_CATEGORIES)
+    assert categories == {0: {"isthing": 1}, 1: {"isthing": 1}, 2: {"isthing": 0}, 3: {"isthing": 0}}
+    segments = contiguous_segments(gt_segments, TO_CONTIGUOUS)
+    assert [(s["id"], s["category_id"], s["iscrowd"]) for s in segments] == [
+        (11, 0, 0), (12, 0, 0), (13, 2, 0), (14, 1, 1), (15, 1, 0)]
+
+    quality = image_pq(PanopticGroundTruth(gt, segments, categories), pred, pred_segments)
+    # By hand (see _crafted_image): person IoUs 1 and 0.75 -> PQ = SQ = 1.75 / 2, RQ 1; car IoU 1 -> 1, 1, 1
+    # (its crowd excuses pred 4); sky unmatched at IoU exactly 0.5 -> FP + FN -> 0, 0, 0; grass absent.
+    assert quality.stat[0] == PQStatCat(iou=1.75, tp=2) and quality.stat[1] == PQStatCat(iou=1.0, tp=1)
+    assert quality.stat[2] == PQStatCat(fp=1, fn=1) and quality.stat[3] == PQStatCat()
+    assert quality.averages() == pytest.approx({"pq": (0.875 + 1 + 0) / 3, "sq": (0.875 + 1 + 0) / 3,
+                                               "rq": (1 + 1 + 0) / 3, "pq_things": (0.875 + 1) / 2, "pq_stuff": 0.0})
+    # The id space does not change the image's PQ: the same image scored in dataset ids.
+    in_dataset_ids = pq_single(pred, [{**s, "category_id": DATASET_CATEGORIES[s["category_id"]]["id"]}
+                                      for s in pred_segments], gt, gt_segments, DATASET_CATEGORIES)
+    assert in_dataset_ids.summary(DATASET_CATEGORIES)["All"]["pq"] == quality.pq
+
+
+def test_image_pq_without_any_segment_is_nan():
+    quality = image_pq(PanopticGroundTruth(_row([0, 0]), [], contiguous_categories(DATASET_CATEGORIES)),
+                       _row([0, 0]), [])
+    assert quality.stat == PQStat() and all(math.isnan(v) for v in quality.averages().values())
+
+
+def test_a_segment_of_an_unknown_category_is_rejected_by_name():
+    with pytest.raises(ValueError, match=r"segment 5 has category_id 8, which is not among the dataset's categories "
+                                         r"\[7, 9, 25, 40\]"):
+        contiguous_segments([{"id": 5, "category_id": 8}], TO_CONTIGUOUS)
 
 
 # --- real COCO panoptic annotations ---------------------------------------------------

@@ -1,5 +1,6 @@
 """The actor pools of step 2 and the evaluation (``ecom2f.steps.ray_cluster``): the resource rule from a
-cluster's resources, Ray start-up, the payloads between stages, the precision and the device clock."""
+cluster's resources, the three stages' pools, Ray start-up; the payloads between stages
+(``ecom2f.steps.packing``); a model actor's precision and device clock (``ecom2f.steps.inference``)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,10 @@ import pytest
 import torch
 
 from ecom2f.steps import ray_cluster as actors
-from ecom2f.steps.ray_cluster import (
-    DeviceClock,
-    compact_labels,
-    cpu_stage_plan,
-    model_stage_plan,
-    network_precision,
-    pack_masks,
-    stage_plans,
-    unpack_masks,
-)
+from tests.faults import FailOnceAtIndex, pickle_by_value
+from ecom2f.steps.inference import DeviceClock, network_precision
+from ecom2f.steps.packing import compact_labels, pack_masks, unpack_masks
+from ecom2f.steps.ray_cluster import cpu_stage_plan, load_model_score_stages, model_stage_plan, stage_plans
 
 # ray.cluster_resources() of one p4d.24xlarge node (8 A100s, 96 vCPUs).
 P4D = {"CPU": 96.0, "GPU": 8.0, "memory": 1.1e12, "object_store_memory": 2e11, "accelerator_type:A100": 1.0}
@@ -65,6 +60,30 @@ def test_stage_plans_read_the_running_cluster(ray_cluster):
     assert ray_cluster.cluster_resources()["CPU"] == 2
     assert model.max_size == 1 and model.resources == {"num_cpus": 0.5}
     assert cpu.max_size == 1 and cpu.resources == {"num_cpus": 0.5}
+
+
+class _Loader: ...
+
+
+class _Model: ...
+
+
+class _Scorer: ...
+
+
+def test_both_jobs_stages_ask_for_the_same_resources_per_kind_of_actor(monkeypatch):
+    """Step 2 and the evaluation build their pools with load_model_score_stages: loaders and scorers
+    on the CPU stage plan, the model on the model stage plan, of the connected cluster."""
+    import ray
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: P4D)
+    loader, model, scorer = load_model_score_stages((_Loader, {"a": 1}), (_Model, {"b": 2}), (_Scorer, {}),
+                                                    use_gpu=True, num_actors=None)
+    assert [stage.udf for stage in (loader, model, scorer)] == [_Loader, _Model, _Scorer]
+    assert (loader.kwargs, model.kwargs, scorer.kwargs) == ({"a": 1}, {"b": 2}, {})
+    expected_model = model_stage_plan(P4D, use_gpu=True, num_actors=None)
+    assert model.plan == expected_model
+    assert loader.plan == scorer.plan == cpu_stage_plan(P4D, expected_model)
 
 
 def test_init_ray_connects_to_the_configured_address_else_ray_address(monkeypatch):
@@ -120,3 +139,75 @@ def test_network_precision_casts_only_under_bf16():
         assert layer(x).dtype == torch.float32
     with pytest.raises(ValueError, match="precision 'fp16'"):
         network_precision("fp16", torch.device("cpu"))
+
+
+def test_fault_injectors_reach_processes_without_the_tests_package_by_value(tmp_path):
+    """Ray workers unpickle what the driver sends; a test module pickled by reference would need the
+    ``tests`` package there. Registered by value (tests.faults.pickle_by_value), the injector loads
+    in a process that cannot import ``tests``, and still fails once."""
+    import subprocess
+    import sys
+
+    import ray.cloudpickle
+
+    import tests.faults
+
+    marker = tmp_path / "failed"
+    load_and_call = ("import pickle, sys\nfault = pickle.loads(sys.stdin.buffer.read())\nfault([0, 1])\n"
+                     "for _ in range(2):\n    try:\n        fault([2, 5])\n        print('passed')\n"
+                     "    except RuntimeError as error:\n        print(error)\n")
+
+    def run_elsewhere(blob: bytes) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", load_and_call], input=blob, capture_output=True, cwd=tmp_path,
+                              timeout=60)
+
+    pickle_by_value()
+    ray.cloudpickle.unregister_pickle_by_value(tests.faults)  # by reference, as without the registration
+    try:
+        by_reference = run_elsewhere(ray.cloudpickle.dumps(FailOnceAtIndex(5, str(marker))))
+    finally:
+        pickle_by_value()
+    assert by_reference.returncode != 0 and "No module named 'tests'" in by_reference.stderr.decode()
+    by_value = run_elsewhere(ray.cloudpickle.dumps(FailOnceAtIndex(5, str(marker))))
+    assert by_value.returncode == 0, by_value.stderr.decode()[-2000:]
+    assert by_value.stdout.decode().splitlines() == ["injected failure on the batch holding image index 5", "passed"]
+    assert marker.read_text() == "5"
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(180)
+def test_a_fault_hook_reaches_the_model_actors_and_fails_only_its_batch(ray_cluster, tiny_data_root, tmp_path):
+    """Step 2's stages on Ray Data (load_model_score, as the job builds them) with a fault hook in
+    the model stage's arguments: the batch holding image 2 comes back as error rows, the others
+    are computed."""
+    import io
+
+    from ecom2f import storage
+    from ecom2f.modeling import build_model
+    from ecom2f.steps.depth.stages import AllExitsModel, DepthLoader, DepthScorer, depth_dataset, depth_scoring
+    from tests.steps.conftest import tiny_config
+
+    config = tiny_config(tiny_data_root, tmp_path / "runs", "depth.gate_feature_grid=2", "gate.grid_sizes=[2]")
+    torch.manual_seed(0)
+    buffer = io.BytesIO()
+    torch.save(build_model(config.model).state_dict(), buffer)
+    weights_uri = config.storage.layout().parent_weights
+    storage.write_bytes(weights_uri, buffer.getvalue())
+    config_dict, marker = config.model_dump(mode="json"), tmp_path / "failed"
+    pickle_by_value()
+    dataset = actors.load_model_score(
+        [{"index": i} for i in range(4)],
+        loader=(DepthLoader, {"config_dict": config_dict}),
+        model=(AllExitsModel, {"config_dict": config_dict, "weights_uri": weights_uri,
+                               "fault": FailOnceAtIndex(2, str(marker))}),
+        scorer=(DepthScorer, {"config_dict": config_dict, "scoring": depth_scoring(depth_dataset(config).metadata)}),
+        use_gpu=False, num_actors=1, batch_size=2, job="step 2 (test)",
+    )
+    errors = {}
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        for index, error, loss in zip(batch["index"].tolist(), batch["error"], batch["loss"]):
+            errors[index] = error
+            assert np.isfinite(loss).all() != bool(error)
+    failure = "RuntimeError: injected failure on the batch holding image index 2"
+    assert errors == {0: "", 1: "", 2: failure, 3: failure}
+    assert marker.read_text() == "2"

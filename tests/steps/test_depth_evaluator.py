@@ -16,10 +16,10 @@ import torch
 from ecom2f import storage
 from ecom2f.data import collate_samples
 from ecom2f.evaluation import pq_single
-from ecom2f.modeling import build_model
+from ecom2f.modeling import build_criterion, build_model, normalize_batch
 from ecom2f.modeling.flops import encoder_gflops
 from ecom2f.steps.depth.stages import AllExitsEvaluator, depth_dataset, per_image_seed
-from ecom2f.steps.parent import build_criterion, normalize_batch
+from tests.faults import FailOnceAtIndex
 from tests.steps.conftest import tiny_config
 
 EXITS = [1, 2, 3, 4, 5, 6]
@@ -56,7 +56,7 @@ def test_rows_match_a_forward_per_exit(random_parent):
     samples = [dataset[int(i)] for i in indices]
     metadata = dataset.metadata
     categories = {c.id: {"isthing": int(c.isthing)} for c in metadata.categories}
-    criterion = build_criterion(config)
+    criterion = build_criterion(config.model)
     batch = collate_samples(samples)
     pixels = normalize_batch(batch["images"], batch["padding_mask"], model)
     seen_segments = 0
@@ -129,7 +129,7 @@ def test_a_failing_batch_comes_back_as_error_rows(random_parent, tmp_path):
     config, _, weights_uri = random_parent
     marker = tmp_path / "failed"
     evaluator = AllExitsEvaluator(config.model_dump(mode="json"), weights_uri, device="cpu",
-                                  fail_once={"index": 1, "marker": str(marker)})
+                                  fault=FailOnceAtIndex(1, str(marker)))
     first = evaluator({"index": np.array([0, 1])})
     assert list(first["error"]) == ["RuntimeError: injected failure on the batch holding image index 1"] * 2
     assert np.isnan(first["pq"]).all() and marker.exists()

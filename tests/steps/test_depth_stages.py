@@ -15,7 +15,7 @@ import torch
 from ecom2f import storage
 from ecom2f.modeling import build_model
 from ecom2f.steps.depth.stages import AllExitsEvaluator
-from ecom2f.steps.ray_cluster import unpack
+from ecom2f.steps.packing import unpack
 from tests.steps.conftest import tiny_config
 
 QUERIES = 64

@@ -20,8 +20,8 @@ from pycocotools.cocoeval import COCOeval
 from ecom2f import storage
 from ecom2f.config.model import GateConfig
 from ecom2f.data import collate_samples
-from ecom2f.evaluation import PQStat, pq_single
-from ecom2f.modeling import build_model
+from ecom2f.evaluation import PQStat, contiguous_categories, pq_single
+from ecom2f.modeling import build_criterion, build_model, normalize_batch
 from ecom2f.modeling.flops import encoder_gflops
 from ecom2f.modeling.gate import Gate
 from ecom2f.steps.depth.job import build_depth_dataset, load_depth_table
@@ -35,9 +35,8 @@ from ecom2f.steps.evaluate.job import (
     load_summary,
     table_estimate,
 )
-from ecom2f.steps.evaluate.stages import categories_of, validation_dataset
+from ecom2f.steps.evaluate.stages import validation_dataset
 from ecom2f.steps.evaluate.summary import summarize
-from ecom2f.steps.parent import build_criterion, normalize_batch
 from tests.steps.conftest import tiny_config
 
 # object_mask_threshold 0: a briefly trained tiny model keeps its low-confidence segments,
@@ -55,7 +54,7 @@ def trained_state(tiny_data_root):
     batch = collate_samples([dataset[i] for i in range(len(dataset))])
     torch.manual_seed(0)
     model = build_model(config.model)
-    criterion = build_criterion(config)
+    criterion = build_criterion(config.model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     for step in range(80):
         pixels = normalize_batch(batch["images"], batch["padding_mask"], model)
@@ -303,7 +302,7 @@ def test_bf16_evaluation_is_close_to_fp32(tiny_data_root, tmp_path, trained_stat
     fp32, bf16 = rows["fp32"], rows["bf16"]
     assert list(bf16.columns) == list(fp32.columns) and bf16.dtypes.equals(fp32.dtypes)
     assert bf16[["image_id", "variant", "depth"]].equals(fp32[["image_id", "variant", "depth"]])
-    categories = categories_of(validation_dataset(config).metadata)
+    categories = contiguous_categories(validation_dataset(config).metadata.categories)
     tasks = config.evaluation.tasks
     exact, close = (summarize(r, categories, tasks, config.model.num_things).set_index("variant") for r in (fp32, bf16))
     assert exact.loc["depth_6", "pq"] > 0.05, "the trained parent should find segments, or PQ compares zeros"

@@ -21,7 +21,7 @@ from ecom2f.modeling import build_model
 from ecom2f.modeling.early_exit_mask2former import EarlyExitMask2Former
 from ecom2f.steps.evaluate.job import ValidationScorer
 from ecom2f.steps.evaluate.stages import EvalLoader, VariantModel
-from ecom2f.steps.ray_cluster import unpack
+from ecom2f.steps.packing import unpack
 from tests.steps.conftest import tiny_config
 
 QUERIES = 64
@@ -119,3 +119,73 @@ def test_recorded_time_is_the_batch_own_pass_never_the_warm_up(parent, monkeypat
         for image in network(batch)["result"]:
             assert [v["seconds"] for v in unpack(image)] == [0.5, 0.5]
     assert passes["n"] == 2 + 2 * 2
+
+
+def _edited_prediction(truth_ids: np.ndarray, segments: list[dict], num_classes: int):
+    """A prediction made from an image's ground truth (contiguous ids): crowd regions and the first
+    segment left void (a false negative), the second relabelled (a false positive and a negative),
+    everything shifted one pixel right (IoUs below 1)."""
+    ids = np.roll(truth_ids.astype(np.int64), 1, axis=1)
+    kept = [s for s in segments if not s["iscrowd"]]
+    for segment in [s for s in segments if s["iscrowd"]] + kept[:1]:
+        ids[ids == segment["id"]] = 0
+    predicted = [{"id": s["id"], "category_id": s["category_id"]} for s in kept[1:] if (ids == s["id"]).any()]
+    predicted[0]["category_id"] = (predicted[0]["category_id"] + 1) % num_classes
+    return ids, predicted
+
+
+def test_step2_and_the_evaluation_give_a_prediction_the_same_pq(tiny_data_root, tmp_path):
+    """The same predictions through both jobs' loaders and scorers (on the same split): identical
+    per-image PQ, and equal to pq_single in the dataset's own ids."""
+    from ecom2f.evaluation import pq_single
+    from ecom2f.steps.depth.stages import DepthLoader, DepthScorer
+    from ecom2f.steps.evaluate.stages import EvalScorer
+    from ecom2f.steps.packing import pack
+
+    config = tiny_config(tiny_data_root, tmp_path, "depth.dataset=synthetic_panoptic_val",
+                         "evaluation.tasks=[panoptic]").model_dump(mode="json")
+    depth_loader, eval_loader = DepthLoader(config), EvalLoader(config)
+    depth_scorer, eval_scorer = DepthScorer(config, depth_loader.scoring), EvalScorer(eval_loader.scoring)
+    metadata = eval_loader.dataset.metadata
+    channels, grid = depth_scorer.config.model.pixel_decoder.conv_dim, depth_scorer.config.depth.gate_feature_grid
+    indices = np.arange(len(eval_loader.dataset))
+    truths, results, eval_pq, reference = [], [], [], []
+    for index in indices:
+        sample = eval_loader.dataset[int(index)]
+        assert depth_loader.dataset[int(index)]["image_id"] == sample["image_id"]
+        depth_truth = depth_loader.truth(sample, int(index))
+        ids, segments = _edited_prediction(depth_truth["id_map"], depth_truth["segments"], metadata.num_classes)
+        truths.append(pack(depth_truth))
+        exit_ = {"ids": ids, "segments": segments, "semantic": depth_truth["semantic"]}
+        results.append(pack({"loss": [0.0], "exits": [exit_], "gate_mean": np.zeros(channels),
+                             "gate_max": np.zeros(channels), "gate_grid": np.zeros(channels * grid**2)}))
+        (row,) = eval_scorer.score_image(eval_loader.truth(sample), [
+            {"variant": "v", "kind": "fixed", "depth": 1, "seconds": 0.0, "encoder_gflops": 0.0, "total_gflops": 0.0,
+             "ids": ids, "segments": segments}])
+        eval_pq.append(row["image_pq"])
+        in_dataset_ids = [{**s, "category_id": metadata.contiguous_to_dataset_id[s["category_id"]]} for s in segments]
+        dataset_categories = [{"id": c.id, "isthing": int(c.isthing)} for c in metadata.categories]
+        stat = pq_single(ids, in_dataset_ids, sample["id_map"].numpy(), sample["segments_info"], dataset_categories)
+        reference.append(stat.summary(dataset_categories)["All"]["pq"])
+    depth_rows = depth_scorer({"index": indices, "error": np.array([""] * len(indices), dtype=object),
+                               "truth": np.array(truths, dtype=object), "result": np.array(results, dtype=object)})
+    assert not any(depth_rows["error"])
+    # The same numbers; the depth table keeps them as float32.
+    np.testing.assert_array_equal(depth_rows["pq"][:, 0], np.asarray(eval_pq, dtype=np.float32))
+    np.testing.assert_allclose(eval_pq, reference, rtol=0, atol=1e-12)
+    assert 0.05 < min(eval_pq) and max(eval_pq) < 0.95  # edits that count: neither all wrong nor all right
+
+
+def test_the_model_stage_loads_the_parent_strictly_with_step_2s_loader(parent, tmp_path):
+    """Weights of another model section fail with what differs (as in step 2), missing ones say to run step 1."""
+    config, _ = parent
+    other = tiny_config(config["data"]["root"], tmp_path, "model.decoder.num_queries=4")
+    buffer = io.BytesIO()
+    torch.save(build_model(other.model).state_dict(), buffer)
+    wrong = str(tmp_path / "other.pth")
+    storage.write_bytes(wrong, buffer.getvalue())
+    with pytest.raises(ValueError, match=r"the weights .*other.pth do not fit the configured model: 2 shape mismatches "
+                                         r"\(decoder.query_embed.weight \(4, 32\) where the model has \(64, 32\)"):
+        VariantModel(config, wrong, gate_dirs={}, device="cpu")
+    with pytest.raises(FileNotFoundError, match=r"missing.pth do not exist; run step 1"):
+        VariantModel(config, str(tmp_path / "missing.pth"), gate_dirs={}, device="cpu")

@@ -17,6 +17,7 @@ from ecom2f.steps.parent.job import check_resume_compatible
 from ecom2f.steps.parent.metrics_log import read_metrics
 from ecom2f.steps.parent.state import ResumeError
 from tests.conftest import REPO_ROOT
+from tests.faults import FailOnce, pickle_by_value
 from tests.infra.s3_server import ACCESS_KEY_ID
 from tests.steps.conftest import tiny_config
 
@@ -33,7 +34,8 @@ def test_two_workers_on_s3_resume_after_a_worker_failure(ray_cluster, s3_bucket,
     marker = tmp_path / "failed"
     # Rank 1 raises before iteration 4 (0-based step 3): iterations 1-3 ran, the newest
     # checkpoint is after iteration 2, so the restarted group must resume from there.
-    result = launch_parent_training(config, fail_once={"step": 3, "marker": str(marker), "rank": 1})
+    pickle_by_value()
+    result = launch_parent_training(config, fault=FailOnce(step=3, marker=str(marker), rank=1))
     assert marker.read_text() == "3"
 
     layout = config.storage.layout()

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from ecom2f.data import collate_samples
-from ecom2f.modeling import build_model
+from ecom2f.modeling import build_criterion, build_model, normalize_batch
 from ecom2f.steps.datasets import training_dataset
-from ecom2f.steps.parent import WEIGHTS_FILE, build_criterion, normalize_batch, train_parent
+from ecom2f.steps.parent import train_parent
 from ecom2f.steps.parent.session import LocalSession
+from ecom2f.storage.layout import PARENT_WEIGHTS
 from tests import distributed
 from tests.steps.conftest import tiny_config
 
@@ -37,7 +38,7 @@ def _loss_per_exit(config, model, sample) -> dict[int, float]:
     """The criterion's loss at every exit, with fixed sampling points (no training noise)."""
     batch = collate_samples([sample])
     pixels = normalize_batch(batch["images"], batch["padding_mask"], model)
-    criterion = build_criterion(config)
+    criterion = build_criterion(config.model)
     with torch.no_grad():
         return {
             k: float(criterion(model.forward_raw(pixels, depth=k), batch["targets"],
@@ -74,7 +75,7 @@ def test_loop_overfits_a_fixed_batch_at_every_exit(tiny_data_root, tmp_path):
 
 def _weights(session: LocalSession) -> dict:
     checkpoint = session.latest_checkpoint()
-    return torch.load(f"{checkpoint}/{WEIGHTS_FILE}", weights_only=True)
+    return torch.load(f"{checkpoint}/{PARENT_WEIGHTS}", weights_only=True)
 
 
 class _Crash(Exception):

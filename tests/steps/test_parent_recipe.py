@@ -10,12 +10,13 @@ import torch
 
 from ecom2f.modeling import build_model
 from ecom2f.steps.datasets import training_dataset
-from ecom2f.steps.parent import WEIGHTS_FILE, train_parent
+from ecom2f.steps.parent import train_parent
 from ecom2f.steps.parent.loader import training_batches
-from ecom2f.steps.parent.state import ResumeError, check_resumable, rank_state_file, restore_checkpoint
+from ecom2f.steps.parent.state import ResumeError, check_resumable, rank_state_file
+from ecom2f.storage.layout import PARENT_WEIGHTS
 from tests import distributed
 from tests.steps.conftest import tiny_config
-from tests.steps.parent_ranks import RecordingDataset, SharedFolderSession, StopHere, read_indices, run_ranks, stop_at
+from tests.steps.parent_ranks import RecordingDataset, SharedFolderSession, read_indices, run_ranks
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -25,7 +26,7 @@ def process_group():
 
 
 def _final_weights(session) -> dict:
-    return torch.load(os.path.join(session.latest_checkpoint(), WEIGHTS_FILE), weights_only=True)
+    return torch.load(os.path.join(session.latest_checkpoint(), PARENT_WEIGHTS), weights_only=True)
 
 
 @pytest.mark.parametrize("zero_stage", [0, 2])
@@ -135,7 +136,7 @@ def test_loader_workers_read_training_batches_from_s3(s3_server, s3_bucket, tiny
     batches = {}
     for workers in (0, 2):
         config = tiny_config(tiny_data_root, tmp_path / "runs", "data.recipe=none", "ray.num_workers=1",
-                             "solver.ims_per_batch=2", f"data.root={s3_bucket}/datasets",
+                             "solver.ims_per_batch=2", f"data.root={s3_bucket}/datasets", "data.synthetic=null",
                              f"data.loader_workers={workers}")
         stream = training_batches(config, training_dataset(config), 0, 1, torch.device("cpu"), samples_consumed=0)
         batches[workers] = [next(stream) for _ in range(5)]  # crosses the 8-image epoch

@@ -1,16 +1,17 @@
 """End-to-end evaluation on the validation split with Ray Data.
 
 Dataset of image indices -> three stages (:mod:`ecom2f.steps.evaluate.stages`, pools from
-:mod:`ecom2f.steps.ray_cluster`): CPU loaders decode the images and ground truth; model actors (one
+:mod:`ecom2f.steps.ray_cluster`, the same rule as step 2's): CPU loaders decode the images and ground
+truth; model actors (one
 per GPU by default) load the parent and every chosen gate once, run every fixed depth and every
 gate (real per-image depths, batched) and time it on the device; CPU scorers compute each image's
 PQ sums and mIoU / mask-AP accumulators. The driver merges the rows into dataset metrics, derives
 the oracle from the fixed-depth rows (:mod:`ecom2f.steps.evaluate.summary`), and writes under
-``<run>/eval/``:
+``<run>/eval/`` (names: :class:`ecom2f.storage.RunLayout`):
 
-- ``per_image.parquet``: one row per (image, variant) (PQ sums, depth, GFLOPs, time)
-- ``summary.parquet`` and ``summary.json``: one row per variant
-- ``_SUCCESS.json`` last: its presence means the evaluation is complete.
+- ``eval_per_image``: one row per (image, variant) (PQ sums, depth, GFLOPs, time)
+- ``eval_summary`` (parquet) and ``eval_summary_json``: one row per variant
+- ``eval_success`` last: its presence means the evaluation is complete.
 """
 
 from __future__ import annotations
@@ -25,29 +26,31 @@ import pandas as pd
 from ecom2f import storage
 from ecom2f.config import Config
 from ecom2f.config.data import dataset_spec
-from ecom2f.errors import MissingStepError
+from ecom2f.errors import BadInputError, MissingStepError
+from ecom2f.evaluation import contiguous_categories
 from ecom2f.steps.evaluate.stages import (
     EvalLoader,
     EvalScorer,
     VariantModel,
-    categories_of,
     eval_scoring,
     fixed_depths,
-    load_chosen_gate,
     validation_dataset,
 )
 from ecom2f.steps.evaluate.summary import summarize
-from ecom2f.steps.ray_cluster import Stage, init_ray, stage_plans, staged_dataset
+from ecom2f.steps.inference import require_parent_weights
+from ecom2f.steps.ray_cluster import init_ray, load_model_score
+from ecom2f.storage.layout import gate_files
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "evaluate", "evaluation_complete", "chosen_gate_dirs", "fixed_depths", "table_estimate", "ValidationScorer",
-    "SUCCESS",
+    "ValidationScorer",
+    "chosen_gate_dirs",
+    "evaluate",
+    "evaluation_complete",
+    "fixed_depths",
+    "table_estimate",
 ]
-
-SUCCESS = "_SUCCESS.json"
-WEIGHTS_FILE = "model_final.pth"
 
 
 def absolute_local_paths(config: Config) -> Config:
@@ -58,11 +61,11 @@ def absolute_local_paths(config: Config) -> Config:
 
 
 def evaluation_complete(config: Config) -> bool:
-    return storage.exists(storage.join(config.storage.layout().eval, SUCCESS))
+    return storage.exists(config.storage.layout().eval_success)
 
 
 def chosen_gate_dirs(config: Config) -> dict[str, str]:
-    """Budget name -> ``<run>/gates/<name>`` for each direct sub-folder holding ``gate.pt`` and ``gate.json``
+    """Budget name -> ``<run>/gates/<name>`` for each direct sub-folder holding both gate files (``gate_files``)
     (deeper folders, e.g. Ray Tune's trial checkpoints, are not chosen gates)."""
     root = config.storage.layout().gates
     if not storage.exists(root):
@@ -70,13 +73,13 @@ def chosen_gate_dirs(config: Config) -> dict[str, str]:
     found = {}
     for uri in storage.list_uris(root):
         folder = uri.rstrip("/")
-        if all(storage.exists(storage.join(folder, name)) for name in ("gate.json", "gate.pt")):
+        if all(storage.exists(uri) for uri in gate_files(folder)):
             found[folder.rsplit("/", 1)[-1]] = folder
     return dict(sorted(found.items()))
 
 
 def table_estimate(meta: dict) -> dict:
-    """Step 3's table-only validation metrics from a gate's ``gate.json``.
+    """Step 3's table-only validation metrics from a gate's metadata (``load_gate``'s second value).
 
     Step 3 writes them under ``validation`` as ``val_pq``, ``val_layers``, ``val_gflops``,
     ``val_utility`` (``ecom2f.steps.gate.train.train_gate``); plain names and the sections
@@ -98,6 +101,15 @@ def table_estimate(meta: dict) -> dict:
     return found
 
 
+def _gate_estimates(gate_dirs: dict[str, str]) -> dict[str, dict]:
+    """Name -> :func:`table_estimate` of each chosen gate's metadata; no gate, no import of step 3."""
+    if not gate_dirs:
+        return {}
+    from ecom2f.steps.gate.store import load_gate
+
+    return {name: table_estimate(load_gate(folder)[1]) for name, folder in gate_dirs.items()}
+
+
 class ValidationScorer:
     """Loader, model and scorer in this process: ``{"index": [B]}`` -> per-(image, variant) rows.
 
@@ -117,16 +129,15 @@ class ValidationScorer:
 
 def _pipeline(config: Config, weights_uri: str, gate_dirs: dict[str, str], scoring: dict, num_images: int):
     """Image positions -> loaders (CPU) -> every variant (model actors) -> scorers (CPU)."""
-    model, cpu = stage_plans(config.ray.use_gpu, config.evaluation.num_actors)
     config_dict = config.model_dump(mode="json")
-    stages = [
-        Stage(EvalLoader, {"config": config_dict}, cpu),
-        Stage(VariantModel, {"config": config_dict, "weights_uri": weights_uri, "gate_dirs": gate_dirs}, model),
-        Stage(EvalScorer, {"scoring": scoring}, cpu),
-    ]
-    log.info("evaluation stages: %d-%d loaders %s, %d model actors %s, %d-%d scorers", cpu.min_size,
-             cpu.max_size, cpu.resources, model.max_size, model.resources, cpu.min_size, cpu.max_size)
-    return staged_dataset([{"index": i} for i in range(num_images)], stages, config.evaluation.batch_size)
+    return load_model_score(
+        [{"index": i} for i in range(num_images)],
+        loader=(EvalLoader, {"config": config_dict}),
+        model=(VariantModel, {"config": config_dict, "weights_uri": weights_uri, "gate_dirs": gate_dirs}),
+        scorer=(EvalScorer, {"scoring": scoring}),
+        use_gpu=config.ray.use_gpu, num_actors=config.evaluation.num_actors,
+        batch_size=config.evaluation.batch_size, job="evaluation",
+    )
 
 
 def _write_parquet(frame: pd.DataFrame, uri: str) -> None:
@@ -138,8 +149,8 @@ def _write_parquet(frame: pd.DataFrame, uri: str) -> None:
 def evaluate(config: Config, force: bool = False) -> str:
     """Runs the evaluation on the Ray cluster (``ray.address``, ``$RAY_ADDRESS`` or a local one).
 
-    Returns the ``<run>/eval`` URI. Skips the work when ``_SUCCESS.json`` is there (``force``
-    reruns it). Needs ``<run>/parent/model_final.pth``; uses every chosen gate found under
+    Returns the ``<run>/eval`` URI. Skips the work when ``eval_success`` is there (``force``
+    reruns it). Needs the parent's weights (``parent_weights``); uses every chosen gate found under
     ``<run>/gates/`` (none: fixed depths and oracle only).
     """
     from ecom2f.steps.datasets import ensure_synthetic_data
@@ -147,20 +158,16 @@ def evaluate(config: Config, force: bool = False) -> str:
     config = absolute_local_paths(config)
     layout = config.storage.layout()
     if evaluation_complete(config) and not force:
-        log.info("evaluation is complete (%s); nothing to do", storage.join(layout.eval, SUCCESS))
+        log.info("evaluation is complete (%s); nothing to do", layout.eval_success)
         return layout.eval
-    weights_uri = storage.join(layout.parent, WEIGHTS_FILE)
-    if not storage.exists(weights_uri):
-        raise MissingStepError(f"parent weights {weights_uri} do not exist; run step 1 (ecom2f train-parent) first")
+    weights_uri = layout.parent_weights
+    require_parent_weights(weights_uri)
     ensure_synthetic_data(config)
     dataset = validation_dataset(config)  # indexes the split: bad annotations fail here, before Ray
     if len(dataset) == 0:
-        raise ValueError(f"the validation split {config.data.val!r} is empty; check data.val and data.root")
+        raise BadInputError(f"the validation split {config.data.val!r} is empty; check data.val and data.root")
     gate_dirs = chosen_gate_dirs(config)
-    estimates = {}
-    for name, folder in gate_dirs.items():
-        _, meta = load_chosen_gate(folder, config.model.pixel_decoder.conv_dim)
-        estimates[name] = table_estimate(meta)
+    estimates = _gate_estimates(gate_dirs)
     log.info("evaluating %d images: depths %s, gates %s", len(dataset), fixed_depths(config), list(gate_dirs))
 
     init_ray(config.ray.address)
@@ -172,13 +179,12 @@ def evaluate(config: Config, force: bool = False) -> str:
     if len(rows) != expected:
         raise RuntimeError(f"evaluation produced {len(rows)} rows, expected {expected} (images x variants)")
 
-    summary = summarize(rows, categories_of(dataset.metadata), config.evaluation.tasks,
+    summary = summarize(rows, contiguous_categories(dataset.metadata.categories), config.evaluation.tasks,
                         config.model.num_things, estimates, oracle=config.evaluation.oracle)
-    _write_parquet(rows, storage.join(layout.eval, "per_image.parquet"))
-    _write_parquet(summary, storage.join(layout.eval, "summary.parquet"))
-    storage.write_text(storage.join(layout.eval, "summary.json"),
-                       summary.to_json(orient="records", indent=2))
-    storage.write_text(storage.join(layout.eval, SUCCESS), json.dumps(
+    _write_parquet(rows, layout.eval_per_image)
+    _write_parquet(summary, layout.eval_summary)
+    storage.write_text(layout.eval_summary_json, summary.to_json(orient="records", indent=2))
+    storage.write_text(layout.eval_success, json.dumps(
         {"images": len(dataset), "variants": sorted(rows["variant"].unique().tolist()), "wall_seconds": wall,
          "dataset": dataset_spec(config.data.val), "weights": weights_uri}, indent=2))
     log.info("evaluation written to %s in %.1f s", layout.eval, wall)
@@ -186,12 +192,12 @@ def evaluate(config: Config, force: bool = False) -> str:
 
 
 def load_summary(config: Config) -> pd.DataFrame:
-    uri = storage.join(config.storage.layout().eval, "summary.parquet")
+    uri = config.storage.layout().eval_summary
     if not storage.exists(uri):
         raise MissingStepError(f"{uri} does not exist; run the evaluation (ecom2f evaluate) first")
     return pd.read_parquet(io.BytesIO(storage.read_bytes(uri)))
 
 
 def load_per_image(config: Config) -> pd.DataFrame:
-    uri = storage.join(config.storage.layout().eval, "per_image.parquet")
+    uri = config.storage.layout().eval_per_image
     return pd.read_parquet(io.BytesIO(storage.read_bytes(uri)))

@@ -10,12 +10,12 @@ the gate's weights loaded into the model). The job chains (``ecom2f.steps.ray_cl
    (the network optionally under bf16 autocast, post-processing in fp32), timed on the device
    after a warm-up at actor start; results leave as small integer maps and RLE instance masks.
 3. :class:`EvalScorer` (CPU): one row per (image, variant) with the image's PQ sums (mergeable
-   into the dataset PQ), its depth, its cost, the time it took, and mIoU / mask-AP accumulators.
+   into the dataset PQ; ``ecom2f.evaluation.image_pq``, contiguous class ids as in step 2), its
+   depth, its cost, the time it took, and mIoU / mask-AP accumulators.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -27,39 +27,33 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ecom2f import storage
 from ecom2f.config import Config, config_from_dict
 from ecom2f.config.data import dataset_spec
 from ecom2f.data import build_dataset
 from ecom2f.data.sample import semantic_label_map
 from ecom2f.data.transforms import inference_resize
-from ecom2f.errors import MissingStepError
-from ecom2f.evaluation import MaskAPEvaluator, PanopticGroundTruth, PQStat, SemanticConfusion
-from ecom2f.modeling.early_exit_mask2former import EarlyExitMask2Former, build_model
-from ecom2f.modeling.gate import Gate
-from ecom2f.steps.ray_cluster import (
-    DeviceClock,
-    compact_labels,
-    network_precision,
-    pack,
-    pack_masks,
-    unpack,
-    unpack_masks,
+from ecom2f.evaluation import (
+    MaskAPEvaluator,
+    PanopticGroundTruth,
+    PQStat,
+    SemanticConfusion,
+    contiguous_categories,
+    contiguous_segments,
+    image_pq,
 )
+from ecom2f.steps.inference import DeviceClock, load_parent, network_precision
+from ecom2f.steps.packing import compact_labels, pack, pack_masks, unpack, unpack_masks
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "validation_dataset",
-    "load_parent",
-    "load_chosen_gate",
-    "categories_of",
-    "fixed_depths",
-    "eval_scoring",
     "EvalLoader",
-    "VariantModel",
     "EvalScorer",
     "Variant",
+    "VariantModel",
+    "eval_scoring",
+    "fixed_depths",
+    "validation_dataset",
 ]
 
 # (kind, name, depth spec for the model): kind is "fixed" or "gate".
@@ -78,53 +72,6 @@ def validation_dataset(config: Config, dataset=None):
     )
 
 
-def load_parent(config: Config, weights_uri: str) -> EarlyExitMask2Former:
-    """``build_model(config.model)`` with the parent's state_dict from storage, in eval mode."""
-    if not storage.exists(weights_uri):
-        raise MissingStepError(f"parent weights {weights_uri} do not exist; run step 1 (ecom2f train-parent) first")
-    state = torch.load(io.BytesIO(storage.read_bytes(weights_uri)), map_location="cpu", weights_only=True)
-    model = build_model(config.model)
-    model.load_state_dict(state)
-    return model.eval()
-
-
-def load_chosen_gate(gate_dir: str, channels: int) -> tuple[Gate, dict]:
-    """A chosen gate from ``<run>/gates/<name>/{gate.pt, gate.json}`` -> (Gate, metadata).
-
-    Uses step 3's ``load_gate`` when it is installed; otherwise reads the agreed layout:
-    ``gate.json`` holds the gate's ``GateConfig`` under ``"gate"`` (or ``"gate_config"``),
-    ``gate.pt`` its state_dict.
-    """
-    try:
-        from ecom2f.steps.gate.train import load_gate
-    except ImportError:
-        try:
-            from ecom2f.steps.gate.store import load_gate
-        except ImportError:
-            load_gate = None
-    if load_gate is not None:
-        return load_gate(gate_dir)
-    from ecom2f.config.model import GateConfig
-
-    meta_uri, weights_uri = storage.join(gate_dir, "gate.json"), storage.join(gate_dir, "gate.pt")
-    for uri in (meta_uri, weights_uri):
-        if not storage.exists(uri):
-            raise FileNotFoundError(f"{uri} is missing: {gate_dir} is not a complete chosen gate (rerun step 3)")
-    meta = json.loads(storage.read_text(meta_uri))
-    gate_fields = meta.get("gate", meta.get("gate_config"))
-    if gate_fields is None:
-        raise ValueError(f"{meta_uri} has no 'gate' (GateConfig) entry; keys are {sorted(meta)}")
-    gate = Gate(channels, GateConfig.model_validate(gate_fields))
-    state = torch.load(io.BytesIO(storage.read_bytes(weights_uri)), map_location="cpu", weights_only=True)
-    gate.load_state_dict(state)
-    return gate.eval(), meta
-
-
-def categories_of(metadata) -> dict[int, dict]:
-    """Contiguous category id -> ``{"isthing": 0/1}`` (the id space predictions use)."""
-    return {i: {"isthing": int(c.isthing)} for i, c in enumerate(metadata.categories)}
-
-
 def fixed_depths(config: Config) -> list[int]:
     depths = config.evaluation.depths or list(range(1, config.model.pixel_decoder.encoder_layers + 1))
     bad = [d for d in depths if not 0 <= d <= config.model.pixel_decoder.encoder_layers]
@@ -136,7 +83,7 @@ def fixed_depths(config: Config) -> list[int]:
 def eval_scoring(metadata, tasks: Sequence[str]) -> dict:
     """What the loader and scorer need from the dataset's metadata (plain values: it travels to actors)."""
     return {
-        "categories": categories_of(metadata), "ignore_label": metadata.ignore_label,
+        "categories": contiguous_categories(metadata.categories), "ignore_label": metadata.ignore_label,
         "thing_classes": list(metadata.thing_classes), "tasks": list(tasks),
         "to_contiguous": dict(metadata.dataset_id_to_contiguous),
     }
@@ -163,9 +110,8 @@ class EvalLoader:
 
     def truth(self, sample: dict) -> dict:
         """Ground truth at the original size: ids with contiguous-id segments, semantic labels, thing masks."""
-        to_contiguous, tasks = self.scoring["to_contiguous"], self.scoring["tasks"]
-        segments = [{"id": int(s["id"]), "category_id": to_contiguous[int(s["category_id"])],
-                     "iscrowd": int(s.get("iscrowd", 0))} for s in sample["segments_info"]]
+        tasks = self.scoring["tasks"]
+        segments = contiguous_segments(sample["segments_info"], self.scoring["to_contiguous"])
         truth = {"image_id": str(sample["image_id"]), "difficulty": float(sample.get("difficulty", math.nan)),
                  "id_map": compact_labels(sample["id_map"].numpy()), "segments": segments}
         if "semantic" in tasks:
@@ -196,7 +142,7 @@ class VariantModel:
 
     Args:
         config: the run's resolved config (``config.model_dump(mode="json")``).
-        weights_uri: the parent's ``model_final.pth``; ``gate_dirs``: name -> chosen gate folder.
+        weights_uri: the parent's weights (``RunLayout.parent_weights``); ``gate_dirs``: name -> chosen gate folder.
         device: default ``cuda`` when available, else ``cpu``; ``clock``: the time source (tests).
     """
 
@@ -205,9 +151,8 @@ class VariantModel:
         torch.set_num_threads(max(1, int(os.environ.get("ECOM2F_EVAL_THREADS", "1"))))
         self.config = config_from_dict(config, source="the evaluation job")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = load_parent(self.config, weights_uri).to(self.device)
-        channels = self.config.model.pixel_decoder.conv_dim
-        self.gates = {name: load_chosen_gate(folder, channels)[0].to(self.device) for name, folder in gate_dirs.items()}
+        self.model = load_parent(self.config.model, weights_uri, self.device)
+        self.gates = _load_gates(gate_dirs, self.device)
         self.variants: list[Variant] = [("fixed", f"depth_{d}", d) for d in fixed_depths(self.config)]
         self.variants += [("gate", name, "gate") for name in self.gates]
         self.tasks = ["panoptic", *[t for t in ("semantic", "instance") if t in self.config.evaluation.tasks]]
@@ -299,6 +244,15 @@ class VariantModel:
             self.run_variant(variant, [image], [(side, side)])
 
 
+def _load_gates(gate_dirs: dict[str, str], device: torch.device) -> dict:
+    """Name -> chosen gate (step 3's files), on ``device``; no gate, no import of step 3."""
+    if not gate_dirs:
+        return {}
+    from ecom2f.steps.gate.store import load_gate
+
+    return {name: load_gate(folder)[0].to(device) for name, folder in gate_dirs.items()}
+
+
 def _compact(prediction: dict) -> dict:
     """Device results -> host values of about one byte per pixel: ids and classes as small uints,
     instance masks run-length encoded (COCO RLE)."""
@@ -375,11 +329,11 @@ class EvalScorer:
         panoptic = PanopticGroundTruth(truth["id_map"], truth["segments"], self.categories)
         rows = []
         for result in variants:
-            stat = panoptic.pq(result["ids"], result["segments"])
+            quality = image_pq(panoptic, result["ids"], result["segments"])
             row = {
                 "image_id": truth["image_id"], "variant": result["variant"], "kind": result["kind"],
-                "depth": int(result["depth"]), "image_pq": float(stat.summary(self.categories)["All"]["pq"]),
-                "pq_stat": json.dumps(stat.to_dict()), "seconds": result["seconds"],
+                "depth": int(result["depth"]), "image_pq": float(quality.pq),
+                "pq_stat": json.dumps(quality.stat.to_dict()), "seconds": result["seconds"],
                 "encoder_gflops": result["encoder_gflops"], "total_gflops": result["total_gflops"],
                 "difficulty": truth["difficulty"],
             }

@@ -13,10 +13,10 @@ from ecom2f.engine.lr_schedule import lr_multiplier
 from ecom2f.engine.optimizer import ExitAwareAdamW
 from ecom2f.engine.param_groups import build_param_groups, encoder_layer_reach
 from ecom2f.engine.precision import resolve_precision
-from ecom2f.modeling import EarlyExitMask2Former, build_model
+from ecom2f.modeling import EarlyExitMask2Former, build_criterion, build_model
 from ecom2f.modeling.criterion import SetCriterion
 from ecom2f.steps.parent.init import initialize_parent
-from ecom2f.steps.parent.objective import ParentObjective, build_criterion
+from ecom2f.steps.parent.objective import ParentObjective
 
 
 @dataclasses.dataclass
@@ -43,7 +43,7 @@ def build_trainer(config: Config, rank: int, device: torch.device, build=build_m
     initialize_parent(model, config)
     model.gate.requires_grad_(False)
     model = model.to(device)
-    criterion = build_criterion(config)
+    criterion = build_criterion(config.model)
     objective = ParentObjective(model, criterion, config.parent.alpha).to(device)
     solver = config.solver
     groups = build_param_groups(

@@ -12,6 +12,7 @@ import tempfile
 from ecom2f import storage
 from ecom2f.config import Config
 from ecom2f.config.model import BackboneConfig
+from ecom2f.errors import MissingFileError
 from ecom2f.modeling import EarlyExitMask2Former, ModelConfig
 from ecom2f.modeling.backbone import build_backbone, load_backbone_weights
 
@@ -63,7 +64,7 @@ def check_backbone_weights(section: BackboneConfig) -> None:
             "set model.backbone.weights to that path"
         )
     if not os.path.isfile(weights):
-        raise FileNotFoundError(f"model.backbone.weights {weights!r} does not exist")
+        raise MissingFileError(f"model.backbone.weights {weights!r} does not exist; give the path of a local file")
     backbone = build_backbone(section.model_copy(update={"weights": None}))
     try:
         load_backbone_weights(backbone, weights)
@@ -81,7 +82,7 @@ def check_parent_init(config: Config) -> None:
 
         for name in ("mask2former_checkpoint", "mask2former_config"):
             if not storage.exists(getattr(init, name)):
-                raise FileNotFoundError(f"parent.init.{name} {getattr(init, name)!r} does not exist")
+                raise MissingFileError(f"parent.init.{name} {getattr(init, name)!r} does not exist")
         with tempfile.TemporaryDirectory() as directory:
             released = model_config_from_d2(_local_copy(init.mask2former_config, directory))
         different = [

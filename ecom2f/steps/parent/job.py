@@ -27,24 +27,6 @@ class ParentJobResult:
     checkpoint_path: str
 
 
-@dataclass
-class FailOnce:
-    """Fault injection for tests: rank ``rank`` raises at ``step`` the first time only.
-
-    ``marker`` (a path every worker can see) records that the failure happened.
-    """
-
-    step: int
-    marker: str
-    rank: int = 1
-
-    def __call__(self, step: int, rank: int) -> None:
-        if step == self.step and rank == self.rank and not os.path.exists(self.marker):
-            with open(self.marker, "w") as f:
-                f.write(str(step))
-            raise RuntimeError(f"injected failure on rank {rank} at step {step}")
-
-
 def parent_worker(loop_config: dict) -> None:
     """What each Ray Train worker runs (importable, so workers can unpickle it)."""
     from ecom2f.steps.parent.ray_session import RayTrainSession
@@ -53,10 +35,8 @@ def parent_worker(loop_config: dict) -> None:
     config = config_from_dict(loop_config["config"], source="the job's resolved config")
     layout = config.storage.layout()
     session = RayTrainSession(layout.parent_metrics, layout.parent_tensorboard if config.parent.tensorboard else None)
-    failure = loop_config.get("fail_once")
     try:
-        train_parent(config, session, training_dataset(config),
-                     fault=FailOnce(**failure) if failure else None)
+        train_parent(config, session, training_dataset(config), fault=loop_config.get("fault"))
     finally:
         session.close()
 
@@ -114,13 +94,13 @@ def check_resume_compatible(config: Config, filesystem, storage_path: str) -> No
                     config.parent.zero_stage, f"the newest step-1 checkpoint ({latest.checkpoint.path})")
 
 
-def launch_parent_training(config: Config, fail_once: dict | None = None) -> ParentJobResult:
+def launch_parent_training(config: Config, fault=None) -> ParentJobResult:
     """Runs step 1 on the Ray cluster (``ray.address``, ``$RAY_ADDRESS`` or a local one).
 
     Running it again with the same ``storage.root`` and ``storage.run`` resumes from the
     newest checkpoint. The final weights land at ``<run>/parent/model_final.pth``, the
-    metrics at ``<run>/parent/metrics/`` and ``<run>/parent/tensorboard/``. ``fail_once``
-    (tests only) injects one worker failure, see :class:`FailOnce`.
+    metrics at ``<run>/parent/metrics/`` and ``<run>/parent/tensorboard/``. ``fault``: a
+    callable ``fault(step, rank)`` every worker calls before each step (fault-injection tests).
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -142,7 +122,7 @@ def launch_parent_training(config: Config, fail_once: dict | None = None) -> Par
         resources["GPU"] = config.ray.num_gpus_per_worker
     trainer = TorchTrainer(
         parent_worker,
-        train_loop_config={"config": config.model_dump(mode="json"), "fail_once": fail_once},
+        train_loop_config={"config": config.model_dump(mode="json"), "fault": fault},
         scaling_config=ScalingConfig(
             num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu, resources_per_worker=resources
         ),

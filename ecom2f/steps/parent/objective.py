@@ -7,42 +7,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ecom2f.config import Config
 from ecom2f.engine.exits import AlphaKind, exit_loss_weight
 from ecom2f.modeling import EarlyExitMask2Former
 from ecom2f.modeling.criterion import SetCriterion
-from ecom2f.modeling.matcher import HungarianMatcher
 
-
-def build_criterion(config: Config) -> SetCriterion:
-    criterion = config.model.criterion
-    matcher = HungarianMatcher(
-        cost_class=criterion.class_weight, cost_mask=criterion.mask_weight, cost_dice=criterion.dice_weight,
-        num_points=criterion.num_points,
-    )
-    return SetCriterion(
-        config.model.num_classes,
-        matcher,
-        weight_dict={"loss_ce": criterion.class_weight, "loss_mask": criterion.mask_weight,
-                     "loss_dice": criterion.dice_weight},
-        eos_coef=criterion.no_object_weight,
-        num_points=criterion.num_points,
-        oversample_ratio=criterion.oversample_ratio,
-        importance_sample_ratio=criterion.importance_sample_ratio,
-    )
-
-
-def normalize_batch(images: torch.Tensor, padding_mask: torch.Tensor, model: EarlyExitMask2Former) -> torch.Tensor:
-    """uint8 ``[N, 3, H, W]`` padded by the collate -> normalised pixels with zero padding.
-
-    The uint8 batch crosses to the device first (4x fewer bytes than floats; asynchronous
-    from pinned memory) and becomes float there. Mask2Former pads with 0 after normalising
-    (detectron2's ImageList); the collate pads the uint8 images, so the padding is reset here.
-    """
-    device = model.device
-    pixels = images.to(device, non_blocking=True).float()
-    pixels = (pixels - model.pixel_mean) / model.pixel_std
-    return pixels.masked_fill(padding_mask.to(device, non_blocking=True)[:, None], 0.0)
+__all__ = ["ParentObjective"]
 
 
 class ParentObjective(nn.Module):

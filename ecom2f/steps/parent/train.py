@@ -16,17 +16,13 @@ import torch
 
 from ecom2f.config import Config
 from ecom2f.engine.exits import ExitSampler
-from ecom2f.modeling import build_model
+from ecom2f.modeling import build_model, normalize_batch
 from ecom2f.steps.parent.build import ParentTrainer, build_trainer
 from ecom2f.steps.parent.loader import to_device, training_batches
-from ecom2f.steps.parent.objective import normalize_batch
 from ecom2f.steps.parent.progress import LossWindow
 from ecom2f.steps.parent.session import TrainingSession
 from ecom2f.steps.parent.state import TrainState, restore_checkpoint, save_checkpoint
 from ecom2f.storage.layout import PARENT_WEIGHTS
-
-# Kept for callers not yet on RunLayout.parent_weights.
-WEIGHTS_FILE = PARENT_WEIGHTS
 
 
 def train_parent(config: Config, session: TrainingSession, dataset, *, build=build_model, fault=None) -> dict:

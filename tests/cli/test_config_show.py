@@ -1,4 +1,4 @@
-"""``ecom2f config show``: prints the resolved configuration, fails with the problems listed."""
+"""``ecom2f config show``: prints the resolved configuration, fails with the problems on one line."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from ecom2f.cli import main
-from ecom2f.config import load_config
+from ecom2f.config import Config, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = str(REPO / "configs" / "demo_cpu.yaml")
@@ -31,28 +31,39 @@ def test_show_one_section_as_json(capsys):
     }
 
 
-def test_invalid_config_exits_2_with_the_problems_on_stderr(capsys):
+def test_invalid_config_exits_2_with_every_problem_on_one_line(capsys):
+    """Issue 12: the problems, formerly one per line, are numbered on the one error line."""
     assert main(["config", "show", DEMO, "solver.base_lrr=1", "parent.alpha=cubic"]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == (
-        f"ecom2f config show: invalid configuration ({DEMO} with overrides ['solver.base_lrr=1', 'parent.alpha=cubic']):\n"
-        "  - solver.base_lrr: unknown key; did you mean 'base_lr'?\n"
-        "  - parent.alpha: 'cubic' is not allowed; allowed: 'constant', 'linear', 'quadratic'\n"
+        f"ecom2f config show: error: invalid configuration ({DEMO} with overrides "
+        "['solver.base_lrr=1', 'parent.alpha=cubic']): "
+        "(1) solver.base_lrr: unknown key; did you mean 'base_lr'? "
+        "(2) parent.alpha: 'cubic' is not allowed; allowed: 'constant', 'linear', 'quadratic'\n"
     )
 
 
 def test_unknown_section_and_missing_file(capsys, tmp_path):
     assert main(["config", "show", DEMO, "--section", "solvers"]) == 2
-    assert "no section 'solvers'; sections: model, data, solver" in capsys.readouterr().err
+    sections = ", ".join(Config.model_fields)
+    assert sections.startswith("model, data, solver")
+    assert capsys.readouterr().err == f"ecom2f config show: error: no section 'solvers'; sections: {sections}\n"
     assert main(["config", "show", str(tmp_path / "none.yaml")]) == 2
-    assert capsys.readouterr().err == f"ecom2f config show: configuration file {tmp_path / 'none.yaml'} does not exist\n"
+    assert capsys.readouterr().err == (
+        f"ecom2f config show: error: configuration file {tmp_path / 'none.yaml'} does not exist\n"
+    )
+
+
+def test_config_without_an_action_prints_its_help(capsys):
+    assert main(["config"]) == 2
+    assert "show" in capsys.readouterr().out
 
 
 def test_module_entry_point_runs_as_a_process():
     result = subprocess.run(
         [sys.executable, "-m", "ecom2f.cli", "config", "show", DEMO, "--section", "storage"],
-        capture_output=True, text=True, timeout=120, cwd=REPO,
+        check=False, capture_output=True, text=True, timeout=120, cwd=REPO,
     )
     assert result.returncode == 0, result.stderr
     assert yaml.safe_load(result.stdout)["storage"]["run"] == "demo_cpu"
