@@ -87,14 +87,16 @@ def run_build_depth(args: argparse.Namespace) -> int:
 def run_depth_labels(args: argparse.Namespace) -> int:
     """Prints, per beta, the shares of the ideal exits of the depth table (no Ray)."""
     config = load_run_config(args)
-    from ecom2f.steps.depth.labels import format_labels_summary, labels_summary
-    from ecom2f.steps.depth.table import load_depth_table
+    import numpy as np
 
-    rows, _ = load_depth_table(config.storage.layout().depth)
-    if rows[args.quality].isna().all():
+    from ecom2f.steps.depth.labels import format_labels_summary, labels_summary
+    from ecom2f.steps.depth.table import read_finished_depth_table
+
+    table = read_finished_depth_table(config.storage.layout(), features=False)
+    if np.isnan(table.quality(args.quality)).all():
         raise UserError(f"--quality {args.quality}: the depth table has no {args.quality} values "
                         "(miou needs a dataset with semantic labels); pick another quality")
-    summary = labels_summary(rows, args.betas or config.gate.betas, cost=args.cost, exits=config.model.gate.exits,
+    summary = labels_summary(table, args.betas or config.gate.betas, cost=args.cost, exits=config.model.gate.exits,
                              quality=args.quality)
     print(format_labels_summary(summary))
     return 0

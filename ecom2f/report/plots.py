@@ -9,11 +9,11 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on clusters and CI
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-__all__ = ["pareto_figure", "depth_histogram_figure", "difficulty_figure", "FIXED_LABEL", "ORACLE_LABEL"]
+__all__ = ["FIXED_LABEL", "ORACLE_LABEL", "depth_histogram_figure", "difficulty_figure", "pareto_figure"]
 
 FIXED_LABEL = "fixed depth"
 ORACLE_LABEL = "oracle (per-image best exit, beta sweep)"

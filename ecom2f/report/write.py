@@ -1,12 +1,13 @@
-"""The run's report: ``<run>/report/report.md`` with PNG plots beside it.
+"""The run's report: ``RunLayout.report_markdown`` with PNG figures beside it.
 
-Inputs: the evaluation (``<run>/eval/summary.parquet``, ``per_image.parquet``) and step 2's
-depth table (``<run>/depth/``, read with ``ecom2f.steps.depth.job.load_depth_table``). Outputs:
+Inputs: the evaluation (``RunLayout.eval_summary``, ``eval_per_image``) and step 2's depth table
+(``RunLayout.depth``, read with ``ecom2f.steps.depth.table.read_depth_table``). Outputs, all
+named by the layout (``RunLayout.report_figure(name)``):
 
-- ``pareto.png``: PQ vs mean encoder GFLOPs (fixed depths, oracle curve, chosen gates)
-- ``depth_histogram.png``: ideal exit per image for each beta of ``gate.betas``
-- ``difficulty.png`` (synthetic data): chosen depth vs the generator's difficulty score
-- ``report.md`` (written after the PNGs) and ``_SUCCESS.json`` last.
+- ``pareto``: PQ vs mean encoder GFLOPs (fixed depths, oracle curve, chosen gates)
+- ``depth_histogram``: ideal exit per image for each beta of ``gate.betas``
+- ``difficulty`` (synthetic data): chosen depth vs the generator's difficulty score
+- the markdown (written after the figures) and ``RunLayout.report_success`` last.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import posixpath
 
 import numpy as np
 import pandas as pd
@@ -22,24 +24,24 @@ from ecom2f import storage
 from ecom2f.config import Config
 from ecom2f.config.data import dataset_spec
 from ecom2f.report.plots import depth_histogram_figure, difficulty_figure, pareto_figure
+from ecom2f.steps.depth.labels import derive_labels
+from ecom2f.steps.depth.table import DepthTable, read_depth_table
+from ecom2f.storage.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
-__all__ = ["write_report", "report_complete", "oracle_vs_fixed", "oracle_beats_fixed", "summary_markdown", "SUCCESS"]
-
-SUCCESS = "_SUCCESS.json"
+__all__ = [
+    "gates_vs_fixed",
+    "oracle_beats_fixed",
+    "oracle_vs_fixed",
+    "report_complete",
+    "summary_markdown",
+    "write_report",
+]
 
 
 def report_complete(config: Config) -> bool:
-    return storage.exists(storage.join(config.storage.layout().report, SUCCESS))
-
-
-def _derive_labels():
-    try:
-        from ecom2f.steps.depth.job import derive_labels
-    except ImportError:  # step 2's labels also live in their own module
-        from ecom2f.steps.depth.labels import derive_labels
-    return derive_labels
+    return storage.exists(config.storage.layout().report_success)
 
 
 def _best_at_cost(x: np.ndarray, y: np.ndarray, cost: float) -> float:
@@ -130,76 +132,87 @@ def _save_png(fig, uri: str) -> None:
     storage.write_bytes(uri, buffer.getvalue())
 
 
-def _load_depth_rows(config: Config) -> pd.DataFrame | None:
-    try:
-        from ecom2f.steps.depth.job import load_depth_table
-    except ImportError:
-        log.warning("ecom2f.steps.depth.job is not installed: the report leaves out the depth-table plots")
+def _figure(layout: RunLayout, name: str, fig, caption: str) -> str:
+    """Save figure ``name`` where the layout puts it; its markdown link, relative to the report."""
+    uri = layout.report_figure(name)
+    _save_png(fig, uri)
+    return f"![{caption}]({posixpath.relpath(uri, posixpath.dirname(layout.report_markdown))})"
+
+
+def _load_depth_table(config: Config) -> DepthTable | None:
+    layout = config.storage.layout()
+    if not storage.exists(layout.depth_success):
+        log.warning("no complete depth table at %s: the report leaves out the depth-table plots", layout.depth)
         return None
-    depth_uri = config.storage.layout().depth
-    if not storage.exists(storage.join(depth_uri, "_SUCCESS.json")):
-        log.warning("no complete depth table at %s: the report leaves out the depth-table plots", depth_uri)
-        return None
-    return load_depth_table(depth_uri)[0]
+    return read_depth_table(layout.depth, features=False)
+
+
+def _table_text(frame: pd.DataFrame) -> str:
+    if _has_tabulate():
+        return frame.to_markdown(index=False, floatfmt=".4f")
+    return "```\n" + frame.to_string(index=False, float_format=lambda v: f"{v:.4f}") + "\n```"
+
+
+def _comparison_sections(summary: pd.DataFrame) -> list[str]:
+    sections = []
+    comparison = oracle_vs_fixed(summary)
+    if not comparison.empty:
+        beats = oracle_beats_fixed(comparison)
+        sections += [(f"Oracle vs fixed depth at equal mean layers (oracle beats every deeper fixed depth: "
+                      f"**{'yes' if beats else 'no'}**):"), "", _table_text(comparison), ""]
+    gates = gates_vs_fixed(summary)
+    if not gates.empty:
+        sections += [("Gates vs the fixed-depth curve at equal mean layers (margin > 0: the gate's per-image "
+                      "choice beats choosing the depth by cost alone):"), "", _table_text(gates), ""]
+    return sections
+
+
+def _depth_sections(config: Config, depth: DepthTable, per_image: pd.DataFrame) -> list[str]:
+    """The ideal depths per beta (histogram) and, on synthetic data, depth vs difficulty."""
+    layout = config.storage.layout()
+    exits = list(config.model.gate.exits)
+    labels = {beta: derive_labels(depth, beta, cost="layers", exits=exits) for beta in config.gate.betas}
+    means = ", ".join(f"beta {b:g}: {lab['label'].mean():.2f}" for b, lab in sorted(labels.items()))
+    sections = ["## Ideal depths (depth table)", "", f"Mean ideal depth per beta: {means}.", "",
+                _figure(layout, "depth_histogram", depth_histogram_figure(labels, exits), "histogram of ideal depths"),
+                ""]
+    if np.isfinite(depth.difficulty).any():
+        difficulty = pd.Series(depth.difficulty, index=pd.Index(depth.image_ids, name="image_id"))
+        gates = {name: frame for name, frame in per_image[per_image["kind"] == "gate"].groupby("variant")}
+        sections += ["## Depth vs difficulty (synthetic data)", "",
+                     _figure(layout, "difficulty", difficulty_figure(labels, difficulty, gates), "depth vs difficulty"),
+                     ""]
+    return sections
 
 
 def write_report(config: Config, summary: pd.DataFrame | None = None, per_image: pd.DataFrame | None = None,
-                 depth_rows: pd.DataFrame | None = None) -> str:
-    """Writes the report under ``<run>/report/`` and returns the URI of ``report.md``.
+                 depth_table: DepthTable | None = None) -> str:
+    """Writes the report where the run's layout puts it and returns the markdown's URI.
 
     Inputs not given are read from the run (the evaluation must be complete; the depth table
-    is optional: without it the histogram and difficulty plots are left out).
+    is optional: without a complete one the histogram and difficulty plots are left out).
     """
     from ecom2f.steps.evaluate.job import load_per_image, load_summary
 
     layout = config.storage.layout()
     summary = load_summary(config) if summary is None else summary
     per_image = load_per_image(config) if per_image is None else per_image
-    depth_rows = _load_depth_rows(config) if depth_rows is None else depth_rows
-    out = layout.report
+    depth_table = _load_depth_table(config) if depth_table is None else depth_table
     sections = [f"# ECO-M2F report: run `{config.storage.run}`", "",
-                f"Validation split `{_dataset_name(config.data.val)}`, {int(summary['images'].max())} images. "
-                "PQ is COCO's dataset PQ; `table est. PQ` is step 3's estimate of the gate from the depth "
-                "table alone: the mean per-image PQ at the exits it picks, on step 3's held-out training "
-                "images, so compare it with `mean image PQ` (same statistic, validation images); "
-                "`PQ - est.` is dataset PQ minus the estimate.", "",
-                summary_markdown(summary), ""]
-
-    _save_png(pareto_figure(summary), storage.join(out, "pareto.png"))
-    sections += ["## Quality vs cost", "", "![PQ vs encoder GFLOPs](pareto.png)", ""]
-    comparison = oracle_vs_fixed(summary)
-    if not comparison.empty:
-        beats = oracle_beats_fixed(comparison)
-        sections += [f"Oracle vs fixed depth at equal mean layers (oracle beats every deeper fixed depth: "
-                     f"**{'yes' if beats else 'no'}**):", "",
-                     comparison.to_markdown(index=False, floatfmt=".4f") if _has_tabulate() else
-                     "```\n" + comparison.to_string(index=False, float_format=lambda v: f"{v:.4f}") + "\n```", ""]
-
-    gates = gates_vs_fixed(summary)
-    if not gates.empty:
-        sections += ["Gates vs the fixed-depth curve at equal mean layers (margin > 0: the gate's per-image "
-                     "choice beats choosing the depth by cost alone):", "",
-                     gates.to_markdown(index=False, floatfmt=".4f") if _has_tabulate() else
-                     "```\n" + gates.to_string(index=False, float_format=lambda v: f"{v:.4f}") + "\n```", ""]
-
-    if depth_rows is not None and len(depth_rows):
-        derive_labels = _derive_labels()
-        exits = list(config.model.gate.exits)
-        labels = {beta: derive_labels(depth_rows, beta, cost="layers", exits=exits) for beta in config.gate.betas}
-        _save_png(depth_histogram_figure(labels, exits), storage.join(out, "depth_histogram.png"))
-        means = ", ".join(f"beta {b:g}: {lab['label'].mean():.2f}" for b, lab in sorted(labels.items()))
-        sections += ["## Ideal depths (depth table)", "", f"Mean ideal depth per beta: {means}.", "",
-                     "![histogram of ideal depths](depth_histogram.png)", ""]
-        if "difficulty" in depth_rows.columns and depth_rows["difficulty"].notna().any():
-            difficulty = depth_rows.groupby("image_id")["difficulty"].first()
-            gates = {name: frame for name, frame in per_image[per_image["kind"] == "gate"].groupby("variant")}
-            _save_png(difficulty_figure(labels, difficulty, gates), storage.join(out, "difficulty.png"))
-            sections += ["## Depth vs difficulty (synthetic data)", "", "![depth vs difficulty](difficulty.png)", ""]
-    report_uri = storage.join(out, "report.md")
-    storage.write_text(report_uri, "\n".join(sections))
-    storage.write_text(storage.join(out, SUCCESS), json.dumps({"report": report_uri}))
-    log.info("report: %s", report_uri)
-    return report_uri
+                (f"Validation split `{_dataset_name(config.data.val)}`, {int(summary['images'].max())} images. "
+                 "PQ is COCO's dataset PQ; `table est. PQ` is step 3's estimate of the gate from the depth "
+                 "table alone: the mean per-image PQ at the exits it picks, on step 3's held-out training "
+                 "images, so compare it with `mean image PQ` (same statistic, validation images); "
+                 "`PQ - est.` is dataset PQ minus the estimate."), "",
+                summary_markdown(summary), "",
+                "## Quality vs cost", "", _figure(layout, "pareto", pareto_figure(summary), "PQ vs encoder GFLOPs"), "",
+                *_comparison_sections(summary)]
+    if depth_table is not None and len(depth_table):
+        sections += _depth_sections(config, depth_table, per_image)
+    storage.write_text(layout.report_markdown, "\n".join(sections))
+    storage.write_text(layout.report_success, json.dumps({"report": layout.report_markdown}))
+    log.info("report: %s", layout.report_markdown)
+    return layout.report_markdown
 
 
 def _has_tabulate() -> bool:

@@ -24,3 +24,16 @@ def open_run(config: Config) -> RunLayout:
 def run_environment(config: Config) -> dict[str, str]:
     """Environment variables every Ray worker of the run needs (its S3 settings)."""
     return storage.options_environment(config.storage.s3_options())
+
+
+def worker_config(config_dict: dict, source: str) -> Config:
+    """The run's configuration inside a Ray worker or actor, with the run's storage settings applied.
+
+    A worker is another process: the driver's :func:`open_run` did not configure it, so every
+    worker that rebuilds the configuration from the driver's dict goes through here.
+    """
+    from ecom2f.config import config_from_dict
+
+    config = config_from_dict(config_dict, source=source)
+    storage.configure(config.storage.s3_options())
+    return config

@@ -11,7 +11,7 @@ written last, after everything else of the step.
       parent/metrics/, tensorboard/    step 1: training metrics
       depth/                           step 2: the depth table (rows/, features/), _SUCCESS.json
       gates/tune/                      step 3: Ray Tune's experiment
-      gates/results.parquet, picks.parquet, <budget>/{gate.pt, gate.json}, _SUCCESS.json
+      gates/results.parquet, picks.parquet, reference.parquet, <budget>/{gate.pt, gate.json}, _SUCCESS.json
       eval/per_image.parquet, summary.{parquet,json}, _SUCCESS.json
       report/report.md, *.png, _SUCCESS.json
 """
@@ -27,6 +27,8 @@ SUCCESS = "_SUCCESS.json"
 PARENT_WEIGHTS = "model_final.pth"
 GATE_WEIGHTS = "gate.pt"
 GATE_METADATA = "gate.json"
+# Beside a trial's gate files in each Ray Tune checkpoint: what resumes the trial exactly.
+GATE_TRAINING_STATE = "training_state.pt"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +110,11 @@ class RunLayout:
     @property
     def gates_picks(self) -> str:
         return join(self.gates, "picks.parquet")
+
+    @property
+    def gates_reference(self) -> str:
+        """Fixed depths and the oracle on the gates' validation images, scored from the table."""
+        return join(self.gates, "reference.parquet")
 
     @property
     def gates_success(self) -> str:

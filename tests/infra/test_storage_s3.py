@@ -209,3 +209,17 @@ def test_the_run_configs_storage_settings_reach_this_process_and_the_ones_it_sta
             "print(o.retry_mode, o.max_attempts, o.multipart_threshold_bytes)")
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     assert child.stdout.split() == ["standard", "3", str(8 << 20)], child.stderr[-2000:]
+
+
+def test_a_worker_rebuilding_the_run_config_takes_its_storage_settings(monkeypatch):
+    from ecom2f.config import load_config
+    from ecom2f.steps.runs import worker_config
+    from tests.conftest import REPO_ROOT
+
+    for name in storage_s3.OPTION_ENV.values():  # whatever worker_config sets is undone after the test
+        monkeypatch.setenv(name, "placeholder")
+        monkeypatch.delenv(name)
+    driver = load_config(REPO_ROOT / "configs" / "demo_cpu.yaml", ["storage.max_attempts=2", "storage.retry_mode=standard"])
+    config = worker_config(driver.model_dump(mode="json"), source="a worker")
+    assert config == driver
+    assert (storage.environment_options().max_attempts, storage.environment_options().retry_mode) == (2, "standard")

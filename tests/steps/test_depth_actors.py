@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from ecom2f.steps import ray_cluster as actors
-from tests.faults import FailOnceAtIndex, pickle_by_value
 from ecom2f.steps.inference import DeviceClock, network_precision
 from ecom2f.steps.packing import compact_labels, pack_masks, unpack_masks
 from ecom2f.steps.ray_cluster import cpu_stage_plan, load_model_score_stages, model_stage_plan, stage_plans
+from tests.faults import FailOnceAtIndex, pickle_by_value
 
 # ray.cluster_resources() of one p4d.24xlarge node (8 A100s, 96 vCPUs).
 P4D = {"CPU": 96.0, "GPU": 8.0, "memory": 1.1e12, "object_store_memory": 2e11, "accelerator_type:A100": 1.0}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,24 +18,33 @@ import torch
 
 from ecom2f import storage
 from ecom2f.modeling import build_model
-from ecom2f.steps.depth.job import DEPTH_SCHEMA_VERSION, build_depth_dataset, derive_labels, load_depth_table
-from ecom2f.steps.depth.table import ROWS_SCHEMA, DepthTableError, shard_uri
+from ecom2f.steps.depth.job import DEPTH_SCHEMA_VERSION, build_depth_dataset, derive_labels
+from ecom2f.steps.depth.table import (
+    ROWS_SCHEMA,
+    DepthTable,
+    DepthTableError,
+    load_depth_table,
+    read_depth_table,
+    shard_uri,
+    verify_depth_table,
+)
+from tests.faults import FailOnceAtIndex, pickle_by_value
 from tests.steps.conftest import tiny_config
 
 EXITS = [1, 2, 3, 4, 5, 6]
 
 
-@pytest.mark.slow
-@pytest.mark.ray
-@pytest.mark.timeout(300)
 def _save_random_parent(config, seed: int) -> None:
-    """A parent of random weights (``torch.manual_seed(seed)``) as the run's ``model_final.pth``."""
+    """A parent of random weights (``torch.manual_seed(seed)``) as the run's parent weights."""
     torch.manual_seed(seed)
     buffer = io.BytesIO()
     torch.save(build_model(config.model).state_dict(), buffer)
-    storage.write_bytes(storage.join(config.storage.layout().parent, "model_final.pth"), buffer.getvalue())
+    storage.write_bytes(config.storage.layout().parent_weights, buffer.getvalue())
 
 
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.timeout(300)
 def test_interrupted_run_resumes_exactly_on_s3(ray_cluster, s3_bucket, tiny_data_root, tmp_path):
     # 8 images, shards of 3: [0, 1, 2], [3, 4, 5], [6, 7]; batches of 2; one actor at 0.5 CPU.
     config = tiny_config(tiny_data_root, f"{s3_bucket}/runs", "storage.run=depth_job", "depth.shard_size=3",
@@ -45,13 +55,14 @@ def test_interrupted_run_resumes_exactly_on_s3(ray_cluster, s3_bucket, tiny_data
     _save_random_parent(config, seed=0)
 
     marker = tmp_path / "failed"
+    pickle_by_value()
     with pytest.raises(RuntimeError, match=r"shards \[1\] are incomplete.*injected failure.*rerun"):
-        build_depth_dataset(config, fail_once={"index": 4, "marker": str(marker)})
+        build_depth_dataset(config, fault=FailOnceAtIndex(4, str(marker)))
     assert marker.exists()
     depth = layout.depth
     assert storage.exists(shard_uri(depth, "rows", 0)) and storage.exists(shard_uri(depth, "rows", 2))
     assert not storage.exists(shard_uri(depth, "rows", 1))
-    assert not storage.exists(storage.join(depth, "_SUCCESS.json"))
+    assert not storage.exists(layout.depth_success)
 
     # Tamper with a finished shard: if the rerun recomputed it, the mark would vanish.
     tampered = pq.read_table(io.BytesIO(storage.read_bytes(shard_uri(depth, "rows", 0))))
@@ -71,10 +82,16 @@ def test_interrupted_run_resumes_exactly_on_s3(ray_cluster, s3_bucket, tiny_data
     shard0_ids = set(features.loc[features["dataset_index"] < 3, "image_id"])
     assert (rows.loc[rows["image_id"].isin(shard0_ids), "loss"] > 1000).all()   # not recomputed
     assert (rows.loc[~rows["image_id"].isin(shard0_ids), "loss"] < 1000).all()  # computed once each
-    manifest = json.loads(storage.read_text(storage.join(depth, "_SUCCESS.json")))
+    manifest = json.loads(storage.read_text(layout.depth_success))
     assert manifest["num_images"] == 8 and manifest["num_rows"] == 48 and manifest["exits"] == EXITS
     assert manifest["schema_version"] == DEPTH_SCHEMA_VERSION
-    labels = derive_labels(rows, 0.0)
+    table = read_depth_table(depth)  # the typed view holds the same values as the long rows
+    assert table.exits.tolist() == EXITS and sorted(table.per_image["dataset_index"]) == list(range(8))
+    long = rows.set_index(["image_id", "exit"])
+    for name in ("pq", "loss", "encoder_gflops"):
+        expected = [[long.loc[(int(i), k), name] for k in EXITS] for i in table.image_ids]
+        np.testing.assert_array_equal(table.per_exit[name], np.asarray(expected, np.float32), err_msg=name)
+    labels = derive_labels(table, 0.0)
     assert len(labels) == 8 and set(labels["label"]) <= set(EXITS)
 
     # Complete: a third run does nothing; another configuration refuses to mix with this table.
@@ -90,17 +107,21 @@ def test_interrupted_run_resumes_exactly_on_s3(ray_cluster, s3_bucket, tiny_data
 
 
 def test_verification_catches_gaps_and_duplicates():
-    from ecom2f.steps.depth.table import verify_depth_table
-
     rows = pd.DataFrame({"image_id": [1, 1, 2, 2], "exit": [1, 2, 1, 2]})
     features = pd.DataFrame({"image_id": [1, 2], "dataset_index": [0, 1]})
-    verify_depth_table(rows, features, 2, [1, 2])
-    with pytest.raises(DepthTableError, match="1 duplicated"):
-        verify_depth_table(pd.concat([rows, rows.iloc[:1]]), features, 2, [1, 2])
-    with pytest.raises(DepthTableError, match="3 rows, expected 2 images x 2 exits"):
-        verify_depth_table(rows.iloc[1:], features, 2, [1, 2])
-    with pytest.raises(DepthTableError, match="feature rows for 3 images"):
-        verify_depth_table(rows, features, 3, [1, 2])
+    verify_depth_table(DepthTable.from_rows(rows, features), 2, [1, 2])
+    with pytest.raises(DepthTableError, match=r"1 duplicated \(e\.g\. image 1 at exit 1\)"):
+        DepthTable.from_rows(pd.concat([rows, rows.iloc[:1]]), features)
+    with pytest.raises(DepthTableError, match=r"1 missing \(e\.g\. image 1 at exit 1\)"):
+        DepthTable.from_rows(rows.iloc[1:], features)
+    with pytest.raises(DepthTableError, match="2 images for a dataset of 3"):
+        verify_depth_table(DepthTable.from_rows(rows, features), 3, [1, 2])
+    with pytest.raises(DepthTableError, match=r"exits \[1, 2\], expected \[1, 2, 3\]"):
+        verify_depth_table(DepthTable.from_rows(rows, features), 2, [1, 2, 3])
+    with pytest.raises(DepthTableError, match=r"dataset positions missing \[1\]"):
+        verify_depth_table(DepthTable.from_rows(rows, features.assign(dataset_index=[0, 5])), 2, [1, 2])
+    with pytest.raises(DepthTableError, match="rows and features differ"):
+        DepthTable.from_rows(rows, features.iloc[:1])
 
 
 def test_command_without_a_parent_fails_before_ray(tmp_path, tiny_data_root):

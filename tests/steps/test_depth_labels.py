@@ -1,4 +1,5 @@
-"""derive_labels on crafted tables whose labels were worked out by hand."""
+"""derive_labels on crafted tables whose labels were worked out by hand (the trade-off itself:
+tests/test_tradeoff.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pandas as pd
 import pytest
 
 from ecom2f.steps.depth.labels import derive_labels, format_labels_summary, label_histogram, labels_summary
+from ecom2f.steps.depth.table import DepthTable, DepthTableError
 
 
 def _table(quality: dict[int, list[float]], exits=(1, 2, 3), gflops=None) -> pd.DataFrame:
@@ -40,6 +42,17 @@ def test_exact_tie_goes_to_fewer_layers():
     table = _table({1: [0.5, 0.75, 0.25]})
     labels = derive_labels(table, 0.25)  # 0.25, 0.25, -0.5 -> tie between 1 and 2
     assert labels["label"].tolist() == [1]
+
+
+def test_ties_of_stored_float32_values_go_to_fewer_layers():
+    """PQ 0.60 at exit 2 and 0.65 at exit 3 with beta 0.05 per layer tie (0.5 each) in exact
+    arithmetic; stored as float32, as the depth table stores PQ, 0.65 - 0.60 is 0.04999995: the
+    shallower exit must still win. And 0.55 / 0.60 / 0.65 at exits 1 / 2 / 3 tie three ways."""
+    table = _table({1: [0.10, 0.60, 0.65], 2: [0.55, 0.60, 0.65], 3: [0.30, 0.35, 0.45]})
+    table["pq"] = table["pq"].astype(np.float32)
+    labels = derive_labels(DepthTable.from_rows(table), 0.05)
+    assert labels["label"].tolist() == [2, 1, 3]  # image 3: 0.25, 0.25, 0.30 -> exit 3, no tie
+    assert labels.loc[1, "quality"] == pytest.approx(0.60)
 
 
 def test_gflops_cost_uses_each_images_own_cost():
@@ -74,9 +87,9 @@ def test_bad_inputs_fail_with_a_message():
         derive_labels(table, -1)
     with pytest.raises(ValueError, match="cost='flops'"):
         derive_labels(table, 0.1, cost="flops")
-    with pytest.raises(ValueError, match="1 missing"):
+    with pytest.raises(DepthTableError, match="1 missing"):
         derive_labels(table.iloc[1:], 0.1)
-    with pytest.raises(ValueError, match="1 duplicated"):
+    with pytest.raises(DepthTableError, match="1 duplicated"):
         derive_labels(pd.concat([table, table.iloc[:1]]), 0.1)
     with pytest.raises(ValueError, match=r"exits \[9\]"):
         derive_labels(table, 0.1, exits=[1, 9])
@@ -118,14 +131,15 @@ def test_derivation_at_coco_scale_is_fast():
 def test_depth_labels_command_trades_off_the_chosen_quality(tmp_path, capsys):
     """``ecom2f depth-labels`` on a written table: PQ and mIoU give the labels worked out by hand."""
     from ecom2f import storage
-    from ecom2f.cli import depth as depth_cli
+    from ecom2f.cli import main
     from ecom2f.steps.depth.table import shard_tables, write_shard
+    from ecom2f.storage.layout import SUCCESS
     from tests.conftest import REPO_ROOT
 
     exits = [2, 3, 4, 5, 6]
     pq = np.array([[0.5] * 5, [0.1, 0.9, 0.1, 0.1, 0.1]], np.float32)     # beta 0: exits 2 and 3
     miou = np.array([[0.1, 0.2, 0.3, 0.4, 0.9], [0.5] * 5], np.float32)  # beta 0: exits 6 and 2
-    per_exit = lambda value: np.full((2, 5), value, np.float32)  # noqa: E731
+    per_exit = lambda value: np.full((2, 5), value, np.float32)
     images = {
         "index": np.array([0, 1]), "image_id": np.array([10, 11]), "height": np.array([64, 64], np.int32),
         "width": np.array([64, 64], np.int32), "num_gt_segments": np.array([3, 3], np.int32),
@@ -139,15 +153,18 @@ def test_depth_labels_command_trades_off_the_chosen_quality(tmp_path, capsys):
     run = storage.join(str(tmp_path), "demo_cpu")
     write_shard(storage.join(run, "depth"), 0, *shard_tables(images, exits), config_hash="crafted")
     common = ["depth-labels", "--config", demo, "--storage", str(tmp_path), "--betas", "0"]
+    assert main(common) == 2  # the table is not finished until step 2 writes its manifest, last
+    assert "is not finished" in capsys.readouterr().err
+    storage.write_text(storage.join(run, "depth", SUCCESS), '{"config_hash": "crafted"}')
 
-    assert depth_cli.main(common) == 0
+    assert main(common) == 0
     by_pq = capsys.readouterr().out
     assert "mean_pq" in by_pq and "2.500" in by_pq
-    assert depth_cli.main([*common, "--quality", "miou"]) == 0
+    assert main([*common, "--quality", "miou"]) == 0
     by_miou = capsys.readouterr().out
     assert "mean_miou" in by_miou and "4.000" in by_miou
 
     images["miou"] = np.full((2, 5), np.nan, np.float32)  # an instance-only dataset: no mIoU
     write_shard(storage.join(run, "depth"), 0, *shard_tables(images, exits), config_hash="crafted")
-    assert depth_cli.main([*common, "--quality", "miou"]) == 2
+    assert main([*common, "--quality", "miou"]) == 2
     assert "has no miou values" in capsys.readouterr().err

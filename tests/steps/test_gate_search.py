@@ -4,30 +4,27 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import math
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
-from ecom2f import storage
+from ecom2f import storage, tradeoff
 from ecom2f.config.model import GateConfig
 from ecom2f.modeling.gate import Gate, pool_gate_features
-from ecom2f.steps.gate.data import GateTable, derive_labels, load_gate_table, split_images
+from ecom2f.steps.depth.table import DepthTableError, shard_tables, write_shard
+from ecom2f.steps.gate.data import GateTable, load_gate_table, split_images
+from ecom2f.steps.gate.features import fold_standardisation, gate_inputs
+from ecom2f.steps.gate.losses import gate_loss
+from ecom2f.steps.gate.metrics import realised_metrics, reference_metrics
 from ecom2f.steps.gate.select import select_for_budgets
 from ecom2f.steps.gate.store import load_gate, write_gate
-from ecom2f.steps.gate.train import (
-    GateTrial,
-    fold_standardisation,
-    gate_inputs,
-    gate_loss,
-    realised_metrics,
-    reference_metrics,
-    train_gate,
-)
+from ecom2f.steps.gate.train import train_gate
+from ecom2f.steps.gate.trial import GateTrial
+from ecom2f.storage.layout import SUCCESS
 
 EXITS = np.array([2, 3, 4, 5, 6])
 
@@ -67,34 +64,26 @@ def planted_table(images: int = 3000, channels: int = 8, shape: str = "peak", se
 
 
 def write_depth_table(table: GateTable, depth_uri: str, shards: int = 2, extra_exit: int | None = 1) -> None:
-    """The agreed step 2 layout: ``rows/*.parquet`` (one row per image and exit), ``features/*.parquet``."""
-    rows = []
-    for index, depth in enumerate(table.exits):
-        rows.append(pd.DataFrame({
-            "image_id": table.image_ids, "exit": np.int16(depth), "loss": np.float32(1.0),
-            "pq": table.pq[:, index], "sq": table.pq[:, index], "rq": np.float32(1.0),
-            "pq_things": table.pq[:, index], "pq_stuff": table.pq[:, index],
-            "num_gt_segments": np.int32(3), "num_pred_segments": np.int32(3),
-            "encoder_gflops": table.gflops[:, index], "difficulty": table.difficulty,
-        }))
-    if extra_exit is not None:  # an exit the gate does not use: must be ignored
-        rows.append(rows[0].assign(exit=np.int16(extra_exit), pq=np.float32(0.99)))
-    rows = pd.concat(rows).sample(frac=1.0, random_state=0)  # any order
-    features = pa.table({
-        "image_id": pa.array(table.image_ids, pa.int64()),
-        "height": pa.array(np.full(len(table), 64), pa.int32()),
-        "width": pa.array(np.full(len(table), 64), pa.int32()),
-        **{name: pa.array(list(getattr(table, attr)), pa.list_(pa.float32()))
-           for name, attr in (("gate_mean", "mean"), ("gate_max", "max"), ("gate_grid", "grid"))},
-    })
+    """``table`` written by step 2's own writer (``shard_tables`` + ``write_shard``) in ``shards``
+    shards, each shard's images handed over in a shuffled order. ``extra_exit``: an exit the gate
+    does not use (PQ 0.99 everywhere), which loading must ignore."""
+    exits = [*([extra_exit] if extra_exit is not None else []), *table.exits.tolist()]
+    pad = (lambda a: np.concatenate([np.full((len(a), 1), 0.99, np.float32), a], 1)) if extra_exit else (lambda a: a)
+    per_exit = lambda value: np.full((len(table), len(exits)), value)
+    images = {
+        "index": np.arange(len(table)), "image_id": table.image_ids, "height": np.full(len(table), 64, np.int32),
+        "width": np.full(len(table), 64, np.int32), "num_gt_segments": np.full(len(table), 3, np.int32),
+        "difficulty": table.difficulty, "loss": per_exit(np.float32(1.0)), "pq": pad(table.pq), "sq": pad(table.pq),
+        "rq": per_exit(np.float32(1.0)), "pq_things": pad(table.pq), "pq_stuff": pad(table.pq),
+        "miou": per_exit(np.float32(np.nan)), "num_pred_segments": per_exit(np.int32(3)),
+        "encoder_gflops": pad(table.gflops), "gate_mean": table.mean, "gate_max": table.max, "gate_grid": table.grid,
+    }
     order = np.random.default_rng(1).permutation(len(table))
-    for shard, part in enumerate(np.array_split(np.arange(len(rows)), shards)):
-        storage.write_bytes(storage.join(depth_uri, "rows", f"part-{shard:05d}.parquet"),
-                            rows.iloc[part].to_parquet(index=False))
-    for shard, part in enumerate(np.array_split(order, shards)):
-        buffer = io.BytesIO()
-        pq.write_table(features.take(pa.array(part)), buffer)
-        storage.write_bytes(storage.join(depth_uri, "features", f"part-{shard:05d}.parquet"), buffer.getvalue())
+    for shard, part in enumerate(np.array_split(np.arange(len(table)), shards)):
+        shuffled = part[np.argsort(order[part])]
+        rows, features = shard_tables({name: values[shuffled] for name, values in images.items()}, exits)
+        write_shard(depth_uri, shard, rows, features, config_hash="crafted")
+    storage.write_text(storage.join(depth_uri, SUCCESS), json.dumps({"config_hash": "crafted"}))  # as step 2 ends
 
 
 # ----------------------------------------------------------------------------- table, labels, split
@@ -120,18 +109,21 @@ def test_load_gate_table_fails_loudly_on_gaps_and_duplicates(tmp_path):
     rows = pd.read_parquet(rows_uri)
     gap = rows[~((rows.image_id == 14) & (rows.exit == 5))]
     gap.to_parquet(rows_uri, index=False)
-    with pytest.raises(ValueError, match=r"1 images lack a row.*\[14\]"):
+    with pytest.raises(DepthTableError, match=r"1 missing \(e\.g\. image 14 at exit 5\)"):
         load_gate_table(str(tmp_path / "depth"), [2, 3, 4, 5, 6])
     pd.concat([rows, rows.iloc[:1]]).to_parquet(rows_uri, index=False)
-    with pytest.raises(ValueError, match="duplicate"):
+    with pytest.raises(DepthTableError, match="1 duplicated"):
         load_gate_table(str(tmp_path / "depth"), [2, 3, 4, 5, 6])
+    rows.to_parquet(rows_uri, index=False)
+    with pytest.raises(ValueError, match=r"exits \[7\] are not in the depth table"):
+        load_gate_table(str(tmp_path / "depth"), [2, 7])
     with pytest.raises(FileNotFoundError, match="run step 2 first"):
         load_gate_table(str(tmp_path / "nowhere"), [2])
 
 
 def test_undefined_pq_is_a_value_not_a_gap(tmp_path):
     # No ground truth and nothing predicted at an exit gives PQ NaN in step 2: it loads as
-    # perfect quality (step 2's derive_labels rule), and the image is not reported missing.
+    # perfect quality (the trade-off's rule, tradeoff.NAN_QUALITY), and the image is not reported missing.
     table = planted_table(20)
     write_depth_table(table, str(tmp_path / "depth"), shards=1)
     rows_uri = str(tmp_path / "depth" / "rows" / "part-00000.parquet")
@@ -152,14 +144,18 @@ def test_labels_break_ties_toward_fewer_layers_for_both_costs():
         mean=np.zeros((3, 1), np.float32), max=np.zeros((3, 1), np.float32), grid=np.zeros((3, 1), np.float32),
         grid_size=1, difficulty=np.zeros(3, np.float32),
     )
-    np.testing.assert_array_equal(derive_labels(table, 0.0), [0, 2, 0])  # the tie goes to 2 layers
+
+    def labels(beta, cost="layers"):
+        return tradeoff.ideal_exits(table.pq, table.cost(cost), beta)
+
+    np.testing.assert_array_equal(labels(0.0), [0, 2, 0])  # the tie goes to 2 layers
     # beta 0.01 per layer: image 1 utilities 0.38, 0.56, 0.55 -> 4 layers.
-    np.testing.assert_array_equal(derive_labels(table, 0.01, "layers"), [0, 1, 0])
+    np.testing.assert_array_equal(labels(0.01, "layers"), [0, 1, 0])
     # Per GFLOP: 0.01 gives 0.39, 0.58, 0.51 -> index 1; 0.001 gives 0.399, 0.598, 0.600 -> index 2.
-    np.testing.assert_array_equal(derive_labels(table, 0.01, "gflops"), [0, 1, 0])
-    np.testing.assert_array_equal(derive_labels(table, 0.001, "gflops"), [0, 2, 0])
+    np.testing.assert_array_equal(labels(0.01, "gflops"), [0, 1, 0])
+    np.testing.assert_array_equal(labels(0.001, "gflops"), [0, 2, 0])
     with pytest.raises(ValueError, match="'flops'"):
-        derive_labels(table, 0.1, "flops")
+        table.cost("flops")
 
 
 def test_split_is_deterministic_disjoint_and_order_free():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import logging
@@ -18,10 +17,10 @@ import pandas as pd
 import pytest
 
 from ecom2f import storage
-from ecom2f.cli import gate as gate_cli
+from ecom2f.cli import main
 from ecom2f.steps.gate.data import split_images
+from ecom2f.steps.gate.metrics import realised_metrics
 from ecom2f.steps.gate.store import load_gate
-from ecom2f.steps.gate.train import realised_metrics
 from ecom2f.steps.gate.tune import tune_gates
 from tests.conftest import REPO_ROOT
 from tests.steps.conftest import TINY_OVERRIDES, tiny_config
@@ -46,17 +45,17 @@ def test_tune_on_s3_writes_gates_per_budget_that_load_back(ray_cluster, s3_bucke
 
     gates_uri = tune_gates(config)
     assert gates_uri == layout.gates
-    summary = json.loads(storage.read_text(storage.join(gates_uri, "_SUCCESS.json")))
+    summary = json.loads(storage.read_text(layout.gates_success))
     assert summary["trials"] == 4 and summary["failed_trials"] == 0 and summary["unmet_budgets"] == []
     assert sorted(summary["gates"]) == ["layers_3", "layers_5"]
 
-    results = pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(gates_uri, "results.parquet"))))
+    results = pd.read_parquet(io.BytesIO(storage.read_bytes(layout.gates_results)))
     assert len(results) == 4 and sorted(results["beta"].unique()) == [0.0, 0.2]
     assert results["epochs_run"].between(2, 10).all() and results["error"].isna().all()
     _, val_rows = split_images(table.image_ids, config.gate.holdout_fraction, config.seed)
-    picks = pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(gates_uri, "picks.parquet"))))
+    picks = pd.read_parquet(io.BytesIO(storage.read_bytes(layout.gates_picks)))
     for name, budget in (("layers_3", 3.0), ("layers_5", 5.0)):
-        gate, meta = load_gate(storage.join(gates_uri, name))
+        gate, meta = load_gate(layout.gate(name))
         assert meta["budget"] == budget and meta["budget_unit"] == "layers"
         validation = meta["validation"]
         assert validation["val_layers"] <= budget
@@ -72,7 +71,7 @@ def test_tune_on_s3_writes_gates_per_budget_that_load_back(ray_cluster, s3_bucke
         assert meta["reference"]["oracle"]["pq"] == pytest.approx(validation["oracle_pq"])
     # The budgets pull toward different trade-offs: the tight one takes a cheap beta-0.2 gate,
     # the loose one a deep beta-0 gate close to that beta's oracle, far above 2 layers everywhere.
-    tight, loose = (load_gate(storage.join(gates_uri, n))[1] for n in ("layers_3", "layers_5"))
+    tight, loose = (load_gate(layout.gate(n))[1] for n in ("layers_3", "layers_5"))
     assert tight["beta"] == 0.2 and tight["validation"]["val_layers"] < 2.5
     assert loose["beta"] == 0.0 and loose["validation"]["val_pq"] > loose["reference"]["fixed_2"]["pq"] + 0.1
     # ASHA stops trials on results that arrive asynchronously, so which trial survives may
@@ -80,7 +79,7 @@ def test_tune_on_s3_writes_gates_per_budget_that_load_back(ray_cluster, s3_bucke
     assert loose["validation"]["val_pq"] > loose["validation"]["oracle_pq"] - 0.1
     reference = pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(gates_uri, "reference.parquet"))))
     assert set(reference["policy"]) == {"oracle", "fixed_2", "fixed_3", "fixed_4", "fixed_5", "fixed_6"}
-    assert storage.list_uris(storage.join(gates_uri, "tune"))  # Tune's own files went to the bucket too
+    assert storage.list_uris(storage.join(gates_uri, layout.gates_tune_name))  # Tune's own files went to the bucket too
 
     # A rerun finds _SUCCESS.json and returns without searching again.
     start = time.perf_counter()
@@ -88,14 +87,12 @@ def test_tune_on_s3_writes_gates_per_budget_that_load_back(ray_cluster, s3_bucke
     assert time.perf_counter() - start < 5
 
 
-def test_cli_fails_early_without_a_depth_table(tmp_path):
-    parser = argparse.ArgumentParser()
-    gate_cli.add_commands(parser.add_subparsers())
-    demo = str(tiny_config.__globals__["REPO_ROOT"] / "configs" / "demo_cpu.yaml")
-    args = parser.parse_args(["tune-gate", "--config", demo, "--storage", str(tmp_path), f"data.root={tmp_path}"])
-    with pytest.raises(FileNotFoundError, match="run step 2 first"):
-        args.func(args)
-    assert not storage.exists(storage.join(str(tmp_path), "demo_cpu", "gates", "_SUCCESS.json"))
+def test_cli_fails_early_without_a_depth_table(tmp_path, capsys):
+    demo = str(REPO_ROOT / "configs" / "demo_cpu.yaml")
+    assert main(["tune-gate", "--config", demo, "--storage", str(tmp_path), f"data.root={tmp_path}"]) == 2
+    assert "run step 2 first" in capsys.readouterr().err
+    config = tiny_config(tmp_path, tmp_path, "storage.run=demo_cpu")
+    assert not storage.exists(config.storage.layout().gates_success)
 
 
 @pytest.mark.ray
@@ -125,20 +122,20 @@ def test_a_killed_search_resumes_with_tuner_restore(ray_cluster, tmp_path, caplo
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
     trials_before = {path.name for path in experiment.iterdir() if path.is_dir()}
-    assert trials_before and not storage.exists(storage.join(layout.gates, "_SUCCESS.json"))
+    assert trials_before and not storage.exists(layout.gates_success)
     # checkpoint_00000k holds epoch k + 1; a trial with checkpoints but short of 12 epochs was cut off.
     cut_off = [path.parent.name for path in experiment.glob("*/checkpoint_*")
                if max(int(c.name.split("_")[1]) for c in path.parent.glob("checkpoint_*")) < 11]
     assert cut_off, "the kill came after every checkpointed trial had finished"
 
-    with caplog.at_level(logging.INFO, logger="ecom2f.steps.gate.tune"):
+    with caplog.at_level(logging.INFO, logger="ecom2f.steps.gate"):  # the search logs from ecom2f.steps.gate.search
         tune_gates(config)
     assert any("resuming the gate search" in record.getMessage() for record in caplog.records)
-    summary = json.loads(storage.read_text(storage.join(layout.gates, "_SUCCESS.json")))
+    summary = json.loads(storage.read_text(layout.gates_success))
     assert summary["trials"] == 4 and summary["failed_trials"] == 0
     trials_after = {path.name for path in experiment.iterdir() if path.is_dir()}
     assert trials_before <= trials_after and len(trials_after) == 4  # the same trials, none started anew
-    results = pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(layout.gates, "results.parquet"))))
+    results = pd.read_parquet(io.BytesIO(storage.read_bytes(layout.gates_results)))
     assert len(results) == 4 and results["error"].isna().all()
     for trial_dir in experiment.iterdir():
         if trial_dir.is_dir():

@@ -10,6 +10,7 @@ import pytest
 from ecom2f import storage
 from ecom2f.report.plots import FIXED_LABEL, ORACLE_LABEL, depth_histogram_figure, difficulty_figure, pareto_figure
 from ecom2f.report.write import gates_vs_fixed, oracle_beats_fixed, oracle_vs_fixed, summary_markdown, write_report
+from ecom2f.steps.depth.table import DepthTable
 from tests.steps.conftest import tiny_config
 
 EXITS = [2, 3, 4, 5, 6]
@@ -120,12 +121,13 @@ def test_write_report_on_s3(s3_bucket, tiny_data_root):
     rows, _ = _depth_rows()
     per_image = pd.DataFrame({"kind": ["gate", "gate"], "variant": ["layers_3.0"] * 2, "depth": [2, 6],
                               "difficulty": [0.1, 0.9]})
-    uri = write_report(config, summary=_summary(), per_image=per_image, depth_rows=rows)
-    out = config.storage.layout().report
-    assert uri == storage.join(out, "report.md")
-    for name in ("pareto.png", "depth_histogram.png", "difficulty.png"):
-        assert storage.read_bytes(storage.join(out, name))[:8] == b"\x89PNG\r\n\x1a\n"
-    assert storage.exists(storage.join(out, "_SUCCESS.json"))
+    uri = write_report(config, summary=_summary(), per_image=per_image, depth_table=DepthTable.from_rows(rows))
+    layout = config.storage.layout()
+    assert uri == layout.report_markdown == storage.join(layout.report, "report.md")
+    for name in ("pareto", "depth_histogram", "difficulty"):
+        assert layout.report_figure(name) == storage.join(layout.report, f"{name}.png")
+        assert storage.read_bytes(layout.report_figure(name))[:8] == b"\x89PNG\r\n\x1a\n"
+    assert storage.exists(layout.report_success)
     text = storage.read_text(uri)
     assert "oracle beats every deeper fixed depth: **yes**" in text
     assert "Gates vs the fixed-depth curve at equal mean layers" in text and "0.0140" in text
@@ -137,3 +139,25 @@ def test_summary_markdown_leaves_out_the_oracle_curve_unless_asked():
     table = summary_markdown(_summary())
     assert "oracle_beta" not in table and "| oracle | oracle | 50.00 |" in table
     assert "oracle_beta=1" in summary_markdown(_summary(), include_curve=True)
+
+
+def test_write_report_reads_a_complete_depth_table_from_the_run(tmp_path, tiny_data_root):
+    """Without ``depth_table``, the report reads the run's table (read_depth_table, rows only)
+    once step 2's manifest says it is complete, and leaves the depth plots out before."""
+    from ecom2f.steps.depth.table import DEPTH_SCHEMA_VERSION, shard_uri
+
+    config = tiny_config(tiny_data_root, tmp_path / "runs", "storage.run=report", "gate.betas=[0.0,0.2]",
+                         "model.gate.exits=[2,3,4,5,6]")
+    layout = config.storage.layout()
+    rows, need = _depth_rows()
+    storage.write_bytes(shard_uri(layout.depth, "rows", 0),
+                        rows.assign(schema_version=np.int16(DEPTH_SCHEMA_VERSION)).to_parquet(index=False))
+    per_image = pd.DataFrame({"kind": ["gate"], "variant": ["layers_3.0"], "depth": [2], "difficulty": [0.1]})
+    write_report(config, summary=_summary(), per_image=per_image)
+    assert not storage.exists(layout.report_figure("depth_histogram"))  # no manifest: step 2 is not complete
+
+    storage.write_text(layout.depth_success, "{}")
+    text = storage.read_text(write_report(config, summary=_summary(), per_image=per_image))
+    assert storage.exists(layout.report_figure("depth_histogram")) and storage.exists(layout.report_figure("difficulty"))
+    assert f"beta 0: {need.mean():.2f}, beta 0.2: 2.00" in text
+    assert "![histogram of ideal depths](depth_histogram.png)" in text

@@ -4,8 +4,8 @@
 |---|---|
 | ``job.py`` | ``build_depth_dataset(config)``: shards on Ray Data, resumable, verified |
 | ``stages.py`` | the pipeline's stages: load images (CPU), the network at every exit (GPU), score (CPU) |
-| ``table.py`` | the table's schema, shards, manifest; its one reader and writer |
-| ``labels.py`` | ideal exits and label histograms for a beta, from the table |
+| ``table.py`` | the table's schema, shards, manifest; its one writer and its one reader (``read_depth_table`` -> ``DepthTable``) |
+| ``labels.py`` | ideal exits and label histograms for a beta, from the table (the trade-off: ``ecom2f.tradeoff``) |
 """
 
 from ecom2f.steps.depth.job import build_depth_dataset

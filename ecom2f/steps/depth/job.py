@@ -6,7 +6,7 @@ through three Ray Data stages (``ecom2f.steps.depth.stages``): CPU loaders, mode
 as soon as all its images are back. Rerunning skips complete shards; a
 batch that fails leaves its shard incomplete, the others are still written, and the job
 fails loudly at the end (rerun to finish). The table is then checked to hold exactly one
-row per (image, exit) and ``_SUCCESS.json`` is written last.
+row per (image, exit) and the manifest (``RunLayout.depth_success``) is written last.
 """
 
 from __future__ import annotations
@@ -30,28 +30,42 @@ from ecom2f.steps.depth.stages import (
     AllExitsModel,
     DepthLoader,
     DepthScorer,
+    Fault,
     depth_dataset,
     depth_scoring,
 )
 from ecom2f.steps.depth.table import (
     DEPTH_SCHEMA_VERSION,
-    MANIFEST,
+    DepthTable,
     DepthTableError,
     completed_shards,
     depth_config_hash,
     load_depth_table,
+    read_depth_table,
     shard_tables,
     verify_depth_table,
     write_shard,
 )
-from ecom2f.steps.ray_cluster import Stage, init_ray, stage_plans, staged_dataset
+from ecom2f.steps.ray_cluster import init_ray, load_model_score
+from ecom2f.steps.runs import open_run
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "DEPTH_SCHEMA_VERSION", "AllExitsEvaluator", "DepthTableError", "build_depth_dataset", "derive_labels",
-    "format_labels_summary", "label_histogram", "labels_summary", "load_depth_table", "depth_dataset",
+    "DEPTH_SCHEMA_VERSION",
+    "AllExitsEvaluator",
+    "DepthTable",
+    "DepthTableError",
+    "build_depth_dataset",
+    "depth_dataset",
+    "derive_labels",
+    "format_labels_summary",
+    "label_histogram",
+    "labels_summary",
+    "load_depth_table",
+    "read_depth_table",
 ]
+
 
 def _shard_positions(shard: int, shard_size: int, num_images: int) -> range:
     return range(shard * shard_size, min((shard + 1) * shard_size, num_images))
@@ -59,32 +73,29 @@ def _shard_positions(shard: int, shard_size: int, num_images: int) -> range:
 
 def _prepare(config: Config):
     from ecom2f.steps.datasets import ensure_synthetic_data
-    from ecom2f.steps.parent import WEIGHTS_FILE
 
-    layout = config.storage.layout()
-    storage.preflight(layout.run_uri)
-    weights_uri = storage.join(layout.parent, WEIGHTS_FILE)
+    layout = open_run(config)
+    weights_uri = layout.parent_weights
     if not storage.exists(weights_uri):
         raise MissingStepError(f"step 2 needs the parent weights at {weights_uri}; run step 1 first "
                                 f"(`ecom2f train-parent` with the same --config/--storage)")
-    layout.create()
     ensure_synthetic_data(config)
     dataset = depth_dataset(config)
     return layout, weights_uri, len(dataset), depth_scoring(dataset.metadata)
 
 
-def build_depth_dataset(config: Config, fail_once: dict | None = None) -> str:
-    """Step 2; returns the table's URI (``<run>/depth``). ``fail_once``: tests only, see ``FailOnceAtIndex``."""
+def build_depth_dataset(config: Config, fault: Fault | None = None) -> str:
+    """Step 2; returns the table's URI (``<run>/depth``). ``fault``: a callable the model actors run
+    on each batch's dataset positions before the network (fault-injection tests)."""
     layout, weights_uri, num_images, scoring = _prepare(config)
     depth_uri = layout.depth
     # The weights' contents, not only their path: a parent retrained into the same run must not
     # pass for the one an existing table was computed with.
     config_hash = depth_config_hash(config, weights_uri, hashlib.sha256(storage.read_bytes(weights_uri)).hexdigest())
-    manifest_uri = storage.join(depth_uri, MANIFEST)
-    if storage.exists(manifest_uri):
-        manifest = json.loads(storage.read_text(manifest_uri))
+    if storage.exists(layout.depth_success):
+        manifest = json.loads(storage.read_text(layout.depth_success))
         if manifest.get("config_hash") == config_hash:
-            log.info("step 2 is complete (%s); nothing to compute", manifest_uri)
+            log.info("step 2 is complete (%s); nothing to compute", layout.depth_success)
             return depth_uri
         raise DepthTableError(f"{depth_uri} holds a depth table of another configuration (hash "
                               f"{manifest.get('config_hash')}, now {config_hash}); delete it or use another storage.run")
@@ -95,46 +106,51 @@ def build_depth_dataset(config: Config, fail_once: dict | None = None) -> str:
     log.info("step 2: %d images, %d shards of %d, %d complete, %d to compute, exits %s",
              num_images, num_shards, shard_size, len(done), len(todo), exits)
     if todo:
-        _run_shards(config, weights_uri, depth_uri, config_hash, todo, num_images, scoring, fail_once)
-    rows, features = load_depth_table(depth_uri)
-    verify_depth_table(rows, features, num_images, exits)
-    manifest = {
-        "schema_version": DEPTH_SCHEMA_VERSION, "config_hash": config_hash, "num_images": num_images,
-        "num_rows": len(rows), "exits": exits, "num_shards": num_shards, "shard_size": shard_size,
-        "gate_feature_grid": config.depth.gate_feature_grid, "channels": config.model.pixel_decoder.conv_dim,
-        "weights_uri": weights_uri, "dataset": dataset_spec(config.depth.dataset or config.data.train),
-        "precision": config.depth.precision,
-        "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    storage.write_text(manifest_uri, json.dumps(manifest, indent=2))
-    print(format_labels_summary(labels_summary(rows, config.gate.betas, exits=config.model.gate.exits)))
+        _run_shards(config, weights_uri, depth_uri, config_hash, todo, num_images, scoring, fault)
+    table = read_depth_table(depth_uri)
+    verify_depth_table(table, num_images, exits)
+    _write_manifest(config, layout.depth_success, config_hash, weights_uri, table, num_shards)
+    print(format_labels_summary(labels_summary(table, config.gate.betas, exits=config.model.gate.exits)))
     return depth_uri
 
 
-def _pipeline(config: Config, weights_uri: str, items: list[dict], scoring: dict, fail_once: dict | None):
+def _write_manifest(config: Config, uri: str, config_hash: str, weights_uri: str, table: DepthTable,
+                    num_shards: int) -> None:
+    """The manifest (``RunLayout.depth_success``), written last: what the table holds and what it was computed from."""
+    manifest = {
+        "schema_version": DEPTH_SCHEMA_VERSION, "config_hash": config_hash, "num_images": len(table),
+        "num_rows": len(table) * len(table.exits), "exits": config.depth_exits, "num_shards": num_shards,
+        "shard_size": config.depth.shard_size, "gate_feature_grid": config.depth.gate_feature_grid,
+        "channels": config.model.pixel_decoder.conv_dim, "weights_uri": weights_uri,
+        "dataset": dataset_spec(config.depth.dataset or config.data.train), "precision": config.depth.precision,
+        "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    storage.write_text(uri, json.dumps(manifest, indent=2))
+
+
+def _pipeline(config: Config, weights_uri: str, items: list[dict], scoring: dict, fault: Fault | None):
     """Dataset positions -> loaders (CPU) -> the network (model actors) -> scorers (CPU)."""
-    model, cpu = stage_plans(config.ray.use_gpu, config.depth.num_actors)
     config_dict = config.model_dump(mode="json")
-    stages = [
-        Stage(DepthLoader, {"config_dict": config_dict}, cpu),
-        Stage(AllExitsModel, {"config_dict": config_dict, "weights_uri": weights_uri,
-                              "semantic": scoring["semantic"], "fail_once": fail_once}, model),
-        Stage(DepthScorer, {"config_dict": config_dict, "scoring": scoring}, cpu),
-    ]
-    log.info("step 2 stages: %d-%d loaders %s, %d model actors %s, %d-%d scorers", cpu.min_size, cpu.max_size,
-             cpu.resources, model.max_size, model.resources, cpu.min_size, cpu.max_size)
-    return staged_dataset(items, stages, config.depth.batch_size)
+    return load_model_score(
+        items,
+        loader=(DepthLoader, {"config_dict": config_dict}),
+        model=(AllExitsModel, {"config_dict": config_dict, "weights_uri": weights_uri,
+                               "semantic": scoring["semantic"], "fault": fault}),
+        scorer=(DepthScorer, {"config_dict": config_dict, "scoring": scoring}),
+        use_gpu=config.ray.use_gpu, num_actors=config.depth.num_actors, batch_size=config.depth.batch_size,
+        job="step 2",
+    )
 
 
 def _run_shards(config: Config, weights_uri: str, depth_uri: str, config_hash: str, todo: list[int],
-                num_images: int, scoring: dict, fail_once: dict | None) -> None:
+                num_images: int, scoring: dict, fault: Fault | None) -> None:
     from tqdm import tqdm
 
     init_ray(config.ray.address)
     shard_size, exits = config.depth.shard_size, config.depth_exits
     expected = {s: len(_shard_positions(s, shard_size, num_images)) for s in todo}
     items = [{"index": i} for s in todo for i in _shard_positions(s, shard_size, num_images)]
-    dataset = _pipeline(config, weights_uri, items, scoring, fail_once)
+    dataset = _pipeline(config, weights_uri, items, scoring, fault)
     pending: dict[int, dict[int, dict]] = defaultdict(dict)  # shard -> dataset position -> that image's values
     failed: dict[int, str] = {}
     finished: set[int] = set()

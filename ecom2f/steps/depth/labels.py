@@ -1,8 +1,8 @@
-"""Step 2's labels: the ideal exit of each image for a quality/cost trade-off.
+"""Step 2's labels: the ideal exit of each image for a quality/cost trade-off, and their histograms.
 
-y = argmax_k (q_k - beta * cost_k) over the exits k of the depth table, ties toward fewer
-layers (exits are sorted ascending and ``np.argmax`` returns the first maximum). Everything
-runs on one dense ``[images, exits]`` pivot, so 118k images x 5 exits take milliseconds.
+y = argmax_k (q_k - beta * cost_k) over the exits k of the depth table (:mod:`ecom2f.tradeoff`:
+ties go to the shallower exit, an undefined quality counts as perfect). Everything runs on the
+table's dense ``[images, exits]`` arrays, so 118k images x 5 exits take milliseconds.
 """
 
 from __future__ import annotations
@@ -12,74 +12,29 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["QualityGrid", "quality_grid", "derive_labels", "label_histogram", "labels_summary", "format_labels_summary"]
+from ecom2f import tradeoff
+from ecom2f.steps.depth.table import DepthTable
 
-COSTS = ("layers", "gflops")
-# An image whose PQ is undefined at some exit has no ground-truth segment and no prediction
-# there (nothing to get wrong): it counts as perfect. Zero would punish exits that correctly
-# predict nothing relative to exits that hallucinate segments (PQ 0).
-NAN_QUALITY = 1.0
+__all__ = ["as_depth_table", "derive_labels", "format_labels_summary", "label_histogram", "labels_summary"]
 
 
-class QualityGrid:
-    """The depth table as dense arrays: ``quality``, ``gflops`` ``[images, exits]``, ``image_ids`` ``[images]``,
-    ``exits`` ``[exits]`` (ascending)."""
-
-    def __init__(self, image_ids: np.ndarray, exits: np.ndarray, quality: np.ndarray, gflops: np.ndarray) -> None:
-        self.image_ids, self.exits, self.quality, self.gflops = image_ids, exits, quality, gflops
-
-    def cost(self, cost: str) -> np.ndarray:
-        """``[images, exits]`` cost of each exit: its layer count or its encoder GFLOPs."""
-        if cost == "layers":
-            return np.broadcast_to(self.exits.astype(np.float64), self.quality.shape)
-        if cost == "gflops":
-            return self.gflops
-        raise ValueError(f"cost={cost!r}: choose one of {COSTS}")
-
-
-def _rows_of(table) -> pd.DataFrame:
-    # load_depth_table returns (rows, features); accept that pair as well as the rows alone.
+def as_depth_table(table) -> DepthTable:
+    """A :class:`DepthTable`, or long depth rows (a DataFrame, or ``load_depth_table``'s pair) pivoted into one."""
+    if isinstance(table, DepthTable):
+        return table
     if isinstance(table, tuple):
         table = table[0]
-    if not isinstance(table, pd.DataFrame):
-        raise TypeError(f"expected the depth rows as a pandas DataFrame (or load_depth_table's pair), got {type(table)}")
-    missing = {"image_id", "exit", "encoder_gflops"} - set(table.columns)
-    if missing:
-        raise ValueError(f"the depth table lacks columns {sorted(missing)}; is it a step-2 table (load_depth_table)?")
-    return table
+    return DepthTable.from_rows(table)
 
 
-def quality_grid(table, quality: str = "pq", exits: Sequence[int] | None = None) -> QualityGrid:
-    """Pivot the long rows (one per image and exit) into dense ``[images, exits]`` arrays.
-
-    ``exits`` restricts the choice to a subset (e.g. the gate's exits); default: every exit in the
-    table. Raises if any (image, exit) is missing or duplicated.
-    """
-    rows = _rows_of(table)
-    if quality not in rows.columns:
-        raise ValueError(f"quality={quality!r} is not a column of the depth table ({sorted(rows.columns)})")
+def _chosen(table: DepthTable, beta: float, cost: str, quality: str, exits: Sequence[int] | None):
+    """``(table at the chosen exits, cost [images, exits], the oracle's Choice)``."""
+    beta = tradeoff.check_beta(beta)
+    table = as_depth_table(table)
     if exits is not None:
-        wanted = np.asarray(sorted(exits))
-        absent = sorted(set(wanted.tolist()) - set(np.unique(rows["exit"]).tolist()))
-        if absent:
-            raise ValueError(f"exits {absent} are not in the depth table (it has {sorted(np.unique(rows['exit']))})")
-        rows = rows[rows["exit"].isin(wanted)]
-    image_ids, image_index = np.unique(rows["image_id"].to_numpy(), return_inverse=True)
-    exit_values, exit_index = np.unique(rows["exit"].to_numpy(), return_inverse=True)
-    shape = (len(image_ids), len(exit_values))
-    flat = image_index * shape[1] + exit_index
-    counts = np.bincount(flat, minlength=shape[0] * shape[1])
-    if counts.max(initial=0) > 1 or counts.min(initial=1) < 1:
-        raise ValueError(
-            f"the depth table must hold exactly one row per (image, exit): {int((counts == 0).sum())} missing and "
-            f"{int((counts > 1).sum())} duplicated of {shape[0]} images x {shape[1]} exits"
-        )
-    q = np.empty(shape[0] * shape[1])
-    q[flat] = rows[quality].to_numpy(dtype=np.float64)
-    g = np.empty_like(q)
-    g[flat] = rows["encoder_gflops"].to_numpy(dtype=np.float64)
-    q = np.where(np.isnan(q), NAN_QUALITY, q).reshape(shape)
-    return QualityGrid(image_ids, exit_values, q, g.reshape(shape))
+        table = table.select_exits(exits)
+    costs = table.cost(cost)
+    return table, costs, tradeoff.oracle(table.quality(quality), costs, beta)
 
 
 def derive_labels(
@@ -93,41 +48,28 @@ def derive_labels(
     """Per image, the exit maximising ``q_k - beta * cost_k``.
 
     Args:
-        table: the depth rows (``load_depth_table(uri)[0]`` or the pair itself).
+        table: the depth table (:func:`~ecom2f.steps.depth.table.read_depth_table`), or its long rows.
         beta: quality given up per unit of cost (per layer, or per encoder GFLOP), >= 0.
-        cost: ``"layers"`` (cost_k = k) or ``"gflops"`` (the row's ``encoder_gflops``).
+        cost: ``"layers"`` (cost_k = k) or ``"gflops"`` (the image's ``encoder_gflops`` at k).
         temperature: if given, also the soft targets ``softmax(utility / temperature)`` as
             columns ``p_<k>`` (one per exit).
-        quality: the column maximised (default ``pq``; NaN counts as 1, see ``NAN_QUALITY``).
+        quality: the quality maximised (default ``pq``; NaN counts as 1, see ``tradeoff.NAN_QUALITY``).
         exits: restrict the choice to these exits.
     Returns:
         DataFrame indexed by ``image_id``: ``label`` (the chosen exit), ``utility`` (its value),
         ``quality`` and ``cost`` at that exit, and ``p_<k>`` with a temperature.
     """
-    if not np.isfinite(beta) or beta < 0:
-        raise ValueError(f"beta={beta}: must be a finite number >= 0 (quality given up per unit of cost)")
     if temperature is not None and not temperature > 0:
         raise ValueError(f"temperature={temperature}: must be > 0 (or None for hard labels only)")
-    grid = quality_grid(table, quality, exits)
-    costs = grid.cost(cost)
-    utility = grid.quality - beta * costs
-    best = utility.argmax(axis=1)  # first maximum: ties go to the shallower exit
-    rows = np.arange(len(best))
+    table, costs, best = _chosen(table, beta, cost, quality, exits)
     labels = pd.DataFrame(
-        {
-            "label": grid.exits[best].astype(np.int16),
-            "utility": utility[rows, best],
-            "quality": grid.quality[rows, best],
-            "cost": costs[rows, best],
-        },
-        index=pd.Index(grid.image_ids, name="image_id"),
+        {"label": table.exits[best.index].astype(np.int16), "utility": best.utility, "quality": best.quality,
+         "cost": best.cost},
+        index=pd.Index(table.image_ids, name="image_id"),
     )
     if temperature is not None:
-        scaled = utility / temperature
-        scaled -= scaled.max(axis=1, keepdims=True)
-        soft = np.exp(scaled)
-        soft /= soft.sum(axis=1, keepdims=True)
-        for column, k in enumerate(grid.exits):
+        soft = tradeoff.soft_targets(tradeoff.utilities(table.quality(quality), costs, beta), temperature)
+        for column, k in enumerate(table.exits):
             labels[f"p_{int(k)}"] = soft[:, column]
     return labels
 
@@ -145,16 +87,16 @@ def label_histogram(labels, exits: Sequence[int] | None = None) -> pd.Series:
 def labels_summary(table, betas: Sequence[float], cost: str = "layers", exits: Sequence[int] | None = None,
                    quality: str = "pq") -> pd.DataFrame:
     """One row per beta: the share of images at each exit, mean depth, mean quality, mean GFLOPs."""
-    grid = quality_grid(table, quality, exits)
+    table = as_depth_table(table)
     summary = []
     for beta in betas:
-        labels = derive_labels(table, beta, cost=cost, quality=quality, exits=exits)
-        histogram = label_histogram(labels, grid.exits.tolist()) / len(labels)
-        chosen = np.searchsorted(grid.exits, labels["label"].to_numpy())
-        row = {"beta": beta, **{f"exit_{int(k)}": float(v) for k, v in histogram.items()},
-               "mean_depth": float(labels["label"].mean()), f"mean_{quality}": float(labels["quality"].mean()),
-               "mean_gflops": float(grid.gflops[np.arange(len(chosen)), chosen].mean())}
-        summary.append(row)
+        chosen, _, best = _chosen(table, beta, cost, quality, exits)
+        depth = chosen.exits[best.index]
+        histogram = label_histogram(depth, chosen.exits.tolist()) / len(depth)
+        gflops = chosen.cost("gflops")[np.arange(len(depth)), best.index].astype(np.float64)
+        summary.append({"beta": beta, **{f"exit_{int(k)}": float(v) for k, v in histogram.items()},
+                        "mean_depth": float(depth.mean()), f"mean_{quality}": best.mean_quality,
+                        "mean_gflops": float(gflops.mean())})
     return pd.DataFrame(summary).set_index("beta")
 
 

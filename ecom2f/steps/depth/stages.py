@@ -33,12 +33,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ecom2f.config import Config, config_from_dict
+from ecom2f.config import Config
 from ecom2f.config.data import dataset_spec
 from ecom2f.data.sample import semantic_label_map
 from ecom2f.evaluation.panoptic_quality import contiguous_categories, contiguous_segments
 from ecom2f.steps.inference import load_parent, network_precision
 from ecom2f.steps.packing import compact_labels, pack, pack_masks, unpack, unpack_masks
+from ecom2f.steps.runs import worker_config
 
 log = logging.getLogger(__name__)
 
@@ -107,18 +108,6 @@ def _message(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def _legacy_fault(fail_once: dict) -> Fault:
-    """``fail_once={"index", "marker"}`` as the :data:`Fault` it stood for.
-
-    TODO(issue 12): remove with the ``fail_once`` keyword once ``steps/depth/job.py`` passes a
-    ``fault``; the injector itself lives in the tests (``tests/faults.py``) and only the depth job's
-    resume test still gets here, in a process started from the repository root.
-    """
-    from tests.faults import FailOnceAtIndex
-
-    return FailOnceAtIndex(int(fail_once["index"]), str(fail_once["marker"]))
-
-
 # ----------------------------------------------------------------------------- stage 1: load (CPU)
 
 
@@ -126,7 +115,7 @@ class DepthLoader:
     """``{"index": [n]}`` -> ``index, error, sample, truth`` (``sample``/``truth``: one packed cell per image)."""
 
     def __init__(self, config_dict: dict) -> None:
-        self.config = config_from_dict(config_dict, source="step 2's config")
+        self.config = worker_config(config_dict, source="step 2's config")
         self.dataset = depth_dataset(self.config)
         self.scoring = depth_scoring(self.dataset.metadata)
 
@@ -193,15 +182,13 @@ class AllExitsModel:
         semantic: also return each exit's semantic argmax (``depth_scoring(...)["semantic"]``).
         device: default ``cuda`` when available, else ``cpu``.
         fault: a :data:`Fault` hook (tests), called on every batch with rows to compute.
-        fail_once: deprecated, tests only: ``{"index", "marker"}`` of ``tests.faults.FailOnceAtIndex``
-            (until ``steps/depth/job.py`` passes ``fault``).
     """
 
     def __init__(self, config_dict: dict, weights_uri: str, semantic: bool = True, device: str | None = None,
-                 fault: Fault | None = None, fail_once: dict | None = None) -> None:
+                 fault: Fault | None = None) -> None:
         from ecom2f.modeling.criterion import build_criterion
 
-        self.config = config_from_dict(config_dict, source="step 2's config")
+        self.config = worker_config(config_dict, source="step 2's config")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = load_parent(self.config.model, weights_uri, self.device)
         self.criterion = build_criterion(self.config.model)
@@ -209,7 +196,7 @@ class AllExitsModel:
         self.grid = self.config.depth.gate_feature_grid
         self.precision = self.config.depth.precision
         self.semantic = semantic
-        self.fault = fault if fail_once is None else _legacy_fault(fail_once)
+        self.fault = fault
 
     def __call__(self, batch: dict) -> dict:
         """A batch that raises comes back with ``error`` set on all its rows (and no result)."""
@@ -317,7 +304,7 @@ class DepthScorer:
     """
 
     def __init__(self, config_dict: dict, scoring: dict) -> None:
-        self.config = config_from_dict(config_dict, source="step 2's config")
+        self.config = worker_config(config_dict, source="step 2's config")
         self.exits = list(self.config.depth_exits)
         self.scoring = scoring
         self.categories = {int(k): v for k, v in scoring["categories"].items()}

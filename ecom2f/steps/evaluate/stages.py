@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ecom2f.config import Config, config_from_dict
+from ecom2f.config import Config
 from ecom2f.config.data import dataset_spec
 from ecom2f.data import build_dataset
 from ecom2f.data.sample import semantic_label_map
@@ -43,6 +43,7 @@ from ecom2f.evaluation import (
 )
 from ecom2f.steps.inference import DeviceClock, load_parent, network_precision
 from ecom2f.steps.packing import compact_labels, pack, pack_masks, unpack, unpack_masks
+from ecom2f.steps.runs import worker_config
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class EvalLoader:
     """``{"index": [n]}`` -> ``index, sample, truth`` (one packed cell per image)."""
 
     def __init__(self, config: dict) -> None:
-        self.config = config_from_dict(config, source="the evaluation job")
+        self.config = worker_config(config, source="the evaluation job")
         self.dataset = validation_dataset(self.config)
         self.scoring = eval_scoring(self.dataset.metadata, self.config.evaluation.tasks)
 
@@ -149,7 +150,7 @@ class VariantModel:
     def __init__(self, config: dict, weights_uri: str, gate_dirs: dict[str, str], device: str | None = None,
                  clock=None) -> None:
         torch.set_num_threads(max(1, int(os.environ.get("ECOM2F_EVAL_THREADS", "1"))))
-        self.config = config_from_dict(config, source="the evaluation job")
+        self.config = worker_config(config, source="the evaluation job")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = load_parent(self.config.model, weights_uri, self.device)
         self.gates = _load_gates(gate_dirs, self.device)

@@ -12,51 +12,67 @@ import math
 import pickle
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
+from ecom2f import tradeoff
 from ecom2f.steps.evaluate.stages import merge_pq
 
-__all__ = ["oracle_rows", "summarize", "ORACLE_BETAS"]
-
-# Per-layer penalties for the oracle curve: argmax_k (q_k - beta * k) per image.
-# Step 2's convention for an undefined per-image PQ (see oracle_rows).
-NAN_QUALITY = 1.0
+__all__ = ["ORACLE_BETAS", "oracle_rows", "summarize"]
 
 _FLOAT_COLUMNS = ("image_pq", "seconds", "encoder_gflops", "total_gflops", "difficulty")
 
+# Per-layer penalties of the oracle curve (ecom2f.tradeoff's oracle with layer costs).
 ORACLE_BETAS = (0.0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 1.0)
 
 
-def oracle_rows(rows: pd.DataFrame, beta: float = 0.0, name: str | None = None) -> pd.DataFrame:
-    """Per image, the fixed-depth row maximising ``image_pq - beta * depth``.
+def _fixed_grid(fixed: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """``(depths [D] ascending, row [images, D])``: the position in ``fixed`` of each image's row at
+    each depth, images in ascending id; raises unless every image has exactly one row per depth."""
+    image_ids, image_index = np.unique(fixed["image_id"].to_numpy(), return_inverse=True)
+    depths, depth_index = np.unique(fixed["depth"].to_numpy(), return_inverse=True)
+    cell = image_index * len(depths) + depth_index
+    counts = np.bincount(cell, minlength=len(image_ids) * len(depths))
+    if (counts != 1).any():
+        bad = int(np.flatnonzero(counts != 1)[0])
+        raise ValueError(
+            f"the oracle needs each image once at every fixed depth: image {image_ids[bad // len(depths)]} has "
+            f"{counts[bad]} rows at depth {depths[bad % len(depths)]}; rerun the evaluation"
+        )
+    row = np.empty(len(cell), np.int64)
+    row[cell] = np.arange(len(cell))
+    return depths, row.reshape(len(image_ids), len(depths))
 
-    Ties go to fewer layers. An undefined per-image PQ (no segment in prediction nor truth:
-    nothing to get wrong) counts as 1, as step 2's labels count it
-    (``ecom2f.steps.depth.labels.NAN_QUALITY``). Returns those rows, renamed to the
-    ``oracle`` kind (``name`` default ``oracle`` at beta 0, else ``oracle_beta=<beta>``).
+
+def oracle_rows(rows: pd.DataFrame, beta: float = 0.0, name: str | None = None) -> pd.DataFrame:
+    """Per image, the fixed-depth row maximising ``image_pq - beta * depth`` (:func:`ecom2f.tradeoff.oracle`:
+    ties go to fewer layers, an undefined per-image PQ counts as ``tradeoff.NAN_QUALITY``).
+
+    Returns those rows (one per image, ascending image id), renamed to the ``oracle`` kind
+    (``name`` default ``oracle`` at beta 0, else ``oracle_beta=<beta>``).
     """
     fixed = rows[rows["kind"] == "fixed"]
     if fixed.empty:
         raise ValueError("the oracle needs fixed-depth rows; evaluation.depths must list at least one depth")
-    utility = fixed["image_pq"].fillna(NAN_QUALITY) - beta * fixed["depth"]
-    ranked = fixed.assign(_utility=utility).sort_values(["image_id", "_utility", "depth"],
-                                                        ascending=[True, False, True], kind="mergesort")
-    best = ranked.drop_duplicates("image_id", keep="first").drop(columns="_utility")
+    depths, row = _fixed_grid(fixed)
+    quality = fixed["image_pq"].to_numpy(np.float64)[row]  # [images, depths]
+    best = tradeoff.oracle(quality, tradeoff.layer_costs(depths, len(row)), beta).index
     label = name or ("oracle" if beta == 0 else f"oracle_beta={beta:g}")
     # The oracle needs every depth's prediction: it has no time of its own.
-    return best.assign(variant=label, kind="oracle" if beta == 0 else "oracle_curve", seconds=math.nan)
+    return fixed.iloc[row[np.arange(len(row)), best]].assign(
+        variant=label, kind="oracle" if beta == 0 else "oracle_curve", seconds=math.nan)
 
 
 def _variant_metrics(group: pd.DataFrame, categories: dict, num_things: int, tasks: Sequence[str]) -> dict:
     summary = merge_pq(group["pq_stat"]).summary(categories)
     metrics = {
-        "images": int(len(group)),
+        "images": len(group),
         "pq": summary["All"]["pq"],
         "sq": summary["All"]["sq"],
         "rq": summary["All"]["rq"],
         "pq_things": summary["Things"]["pq"],
         "pq_stuff": summary["Stuff"]["pq"],
-        "mean_image_pq": float(group["image_pq"].fillna(NAN_QUALITY).mean()),
+        "mean_image_pq": float(tradeoff.defined_quality(group["image_pq"].to_numpy(np.float64)).mean()),
         "mean_layers": float(group["depth"].mean()),
         "mean_encoder_gflops": float(group["encoder_gflops"].mean()),
         "mean_total_gflops": float(group["total_gflops"].mean()),

@@ -8,12 +8,12 @@ import tempfile
 from dataclasses import dataclass
 
 from ecom2f import storage
-from ecom2f.config import Config, config_from_dict, save_config, with_absolute_local_paths
+from ecom2f.config import Config, save_config, with_absolute_local_paths
 from ecom2f.steps.datasets import ensure_synthetic_data, training_dataset
 from ecom2f.steps.parent.init import check_parent_init
 from ecom2f.steps.parent.state import check_resumable
 from ecom2f.steps.ray_cluster import init_ray
-from ecom2f.steps.runs import open_run
+from ecom2f.steps.runs import open_run, worker_config
 from ecom2f.storage.errors import StorageNotSharedError
 from ecom2f.storage.layout import PARENT_WEIGHTS
 
@@ -32,7 +32,7 @@ def parent_worker(loop_config: dict) -> None:
     from ecom2f.steps.parent.ray_session import RayTrainSession
     from ecom2f.steps.parent.train import train_parent
 
-    config = config_from_dict(loop_config["config"], source="the job's resolved config")
+    config = worker_config(loop_config["config"], source="the job's resolved config")
     layout = config.storage.layout()
     session = RayTrainSession(layout.parent_metrics, layout.parent_tensorboard if config.parent.tensorboard else None)
     try:
