@@ -1,6 +1,6 @@
 # The ecom2f cluster image: CUDA 13.0 toolkit, Python 3.11, the pinned torch and Ray of
 # constraints.txt, and the project installed editable at /opt/ecom2f with its
-# deformable-attention op compiled for sm_80 (A100, A10G runs sm_80 code) and sm_90 (H100).
+# deformable-attention op compiled for sm_75, sm_80 (A100; A10G runs sm_80 code), sm_90 (H100) and compute_90 PTX.
 #
 # It follows the install path of scripts/setup_env.sh, which CI runs on every commit:
 #   1. a venv; pip/setuptools/wheel, then torch + torchvision, under --constraint constraints.txt
@@ -41,9 +41,9 @@ RUN python -m pip install --quiet --constraint constraints.txt pip setuptools wh
  && python -m pip install --quiet --constraint constraints.txt --requirement /tmp/requirements.txt \
  && python -c 'import torch; assert torch.__version__.startswith("2.14.1"), torch.__version__; assert torch.version.cuda.startswith("13.0"), torch.version.cuda'
 
-# --- 3: the project and its op, for A100 / A10G (8.0) and H100 (9.0) ---
+# --- 3: the project and its op: T4 (7.5), A100 / A10G (8.0), H100 (9.0), newer GPUs from PTX ---
 ENV CUDA_HOME=/usr/local/cuda \
-    TORCH_CUDA_ARCH_LIST="8.0;9.0" \
+    TORCH_CUDA_ARCH_LIST="7.5;8.0;9.0+PTX" \
     ECOM2F_BUILD_CUDA=1 \
     MAX_JOBS=8
 COPY . /opt/ecom2f
@@ -51,7 +51,8 @@ RUN python -m pip install --no-build-isolation --no-deps --editable . \
  && python -c 'import torch, ecom2f._C; assert torch._C._dispatch_has_kernel_for_dispatch_key("ecom2f::ms_deform_attn", "CUDA")' \
  && cuobjdump=$(python -c 'import os, triton; print(os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump"))') \
  && "$cuobjdump" --list-elf ecom2f/_C*.so | grep -q sm_80 \
- && "$cuobjdump" --list-elf ecom2f/_C*.so | grep -q sm_90
+ && "$cuobjdump" --list-elf ecom2f/_C*.so | grep -q sm_90 \
+ && "$cuobjdump" --list-ptx ecom2f/_C*.so | grep -q sm_90
 
 # Pretrained backbones (./weights/R-50.pkl, ./weights/swin_tiny_patch4_window7_224.pkl)
 # come in with `COPY .` when present; jobs point model.backbone.weights at /opt/ecom2f/weights.

@@ -118,3 +118,19 @@ def test_no_library_function_is_longer_than_a_screen():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{module}.{node.name}: {lines} lines")
     assert long == []
+
+
+# Who may import the heavy frameworks (docs/architecture.md): anything else is a layering slip.
+ALLOWED_IMPORTERS = {
+    "ray": ("ecom2f.steps", "ecom2f.submit", "ecom2f.cli.submit"),
+    "deepspeed": ("ecom2f.steps.parent", "ecom2f.engine"),
+    "boto3": ("ecom2f.storage.s3",),
+    "botocore": ("ecom2f.storage.s3",),
+}
+
+
+@pytest.mark.parametrize("framework", sorted(ALLOWED_IMPORTERS))
+def test_only_the_documented_modules_import_each_framework(framework):
+    allowed = ALLOWED_IMPORTERS[framework]
+    importers = sorted(module for module in MODULES if any(name.split(".")[0] == framework for name in _imports(module)))
+    assert [m for m in importers if not any(m == a or m.startswith(a + ".") for a in allowed)] == []
