@@ -29,7 +29,7 @@ gpu-bundle: setup
 # The three ECO-M2F steps, evaluation and report on synthetic data, a local Ray cluster and
 # local storage (./runs/demo); a rerun resumes or skips what is complete.
 demo: setup
-	RAY_AUTH_MODE=disabled $(PY) -m ray_jobs.pipeline --config configs/demo_cpu.yaml --storage ./runs --run demo
+	RAY_AUTH_MODE=disabled $(PY) -m ray_jobs.pipeline --config configs/demo_cpu.yaml --storage ./runs
 
 bench: setup
 	$(PY) -m benchmarks.ops_msda

@@ -66,4 +66,4 @@ def test_module_entry_point_runs_as_a_process():
         check=False, capture_output=True, text=True, timeout=120, cwd=REPO,
     )
     assert result.returncode == 0, result.stderr
-    assert yaml.safe_load(result.stdout)["storage"]["run"] == "demo_cpu"
+    assert yaml.safe_load(result.stdout)["storage"]["run"] == "demo"

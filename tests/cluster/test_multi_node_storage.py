@@ -41,4 +41,4 @@ def test_a_local_storage_root_on_two_nodes_is_refused_with_what_to_set(tmp_path)
     assert len(lines) == 1 and "Traceback" not in failed["stderr"], failed["stderr"][-3000:]
     assert "is a local folder but the Ray cluster has 2 nodes" in lines[0]
     assert "s3://" in lines[0] and "storage.shared_filesystem=true" in lines[0]
-    assert not (tmp_path / "runs" / "demo_cpu" / "parent" / "train").exists()  # no worker ever started
+    assert not (tmp_path / "runs" / "demo" / "parent" / "train").exists()  # no worker ever started

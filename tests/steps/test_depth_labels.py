@@ -150,7 +150,7 @@ def test_depth_labels_command_trades_off_the_chosen_quality(tmp_path, capsys):
         "gate_grid": np.zeros((2, 16), np.float32),
     }
     demo = str(REPO_ROOT / "configs" / "demo_cpu.yaml")
-    run = storage.join(str(tmp_path), "demo_cpu")
+    run = storage.join(str(tmp_path), "demo")
     write_shard(storage.join(run, "depth"), 0, *shard_tables(images, exits), config_hash="crafted")
     common = ["depth-labels", "--config", demo, "--storage", str(tmp_path), "--betas", "0"]
     assert main(common) == 2  # the table is not finished until step 2 writes its manifest, last

@@ -120,7 +120,7 @@ def test_every_reader_refuses_a_table_of_another_schema_version(tmp_path, capsys
     from ecom2f.steps.gate.data import load_gate_table
     from ecom2f.storage.layout import SUCCESS
 
-    run = tmp_path / "demo_cpu"
+    run = tmp_path / "demo"
     depth = str(run / "depth")
     write_table(depth, crafted_images())
     storage.write_text(storage.join(depth, SUCCESS), '{"config_hash": "crafted"}')  # a finished step 2

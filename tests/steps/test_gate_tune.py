@@ -91,7 +91,7 @@ def test_cli_fails_early_without_a_depth_table(tmp_path, capsys):
     demo = str(REPO_ROOT / "configs" / "demo_cpu.yaml")
     assert main(["tune-gate", "--config", demo, "--storage", str(tmp_path), f"data.root={tmp_path}"]) == 2
     assert "run step 2 first" in capsys.readouterr().err
-    config = tiny_config(tmp_path, tmp_path, "storage.run=demo_cpu")
+    config = tiny_config(tmp_path, tmp_path, "storage.run=demo")
     assert not storage.exists(config.storage.layout().gates_success)
 
 
