@@ -59,6 +59,7 @@ def with_absolute_local_paths(config: Config) -> Config:
                         update={
                             "mask2former_checkpoint": absolute(init.mask2former_checkpoint),
                             "mask2former_config": absolute(init.mask2former_config),
+                            "huggingface_checkpoint": absolute(init.huggingface_checkpoint),
                         }
                     )
                 }

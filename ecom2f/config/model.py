@@ -24,11 +24,11 @@ __all__ = [
     "BACKBONE_NAMES",
 ]
 
-BACKBONE_NAMES = ("resnet18", "resnet50", "resnet101", "swin_t", "swin_s", "swin_b")
+BACKBONE_NAMES = ("resnet18", "resnet50", "resnet101", "swin_t", "swin_s", "swin_b", "swin_l")
 
 
 class BackboneConfig(Section):
-    name: Literal["resnet18", "resnet50", "resnet101", "swin_t", "swin_s", "swin_b"] = "resnet50"
+    name: Literal["resnet18", "resnet50", "resnet101", "swin_t", "swin_s", "swin_b", "swin_l"] = "resnet50"
     # A local file of pretrained weights (torchvision/timm or detectron2 layout); never downloaded.
     weights: str | None = None
     # detectron2's FREEZE_AT: 0 trains everything, 1 freezes the stem, k freezes stem + res2..res{k}.
@@ -137,6 +137,9 @@ class ModelConfig(Section):
     num_classes: int = Field(133, gt=0)
     # Classes 0..num_things-1 are "things" (COCO panoptic: 80); the rest are "stuff".
     num_things: int = Field(80, ge=0)
+    # For label sets whose things are not the leading classes (Cityscapes: 11..18), the
+    # contiguous ids of the things; num_things must then equal its length.
+    thing_classes: list[int] | None = None
     pixel_mean: list[float] = Field(default_factory=lambda: [123.675, 116.28, 103.53])
     pixel_std: list[float] = Field(default_factory=lambda: [58.395, 57.12, 57.375])
     size_divisibility: int = Field(32, ge=0)
@@ -151,9 +154,29 @@ class ModelConfig(Section):
             )
         if self.num_things > self.num_classes:
             raise ValueError(f"num_things {self.num_things} exceeds num_classes {self.num_classes}")
+        if self.thing_classes is not None:
+            _check_thing_classes(self.thing_classes, self.num_things, self.num_classes)
         too_deep = [k for k in self.gate.exits if k > self.pixel_decoder.encoder_layers]
         if too_deep:
             raise ValueError(
                 f"gate exits {too_deep} exceed pixel_decoder.encoder_layers {self.pixel_decoder.encoder_layers}"
             )
         return self
+
+    @property
+    def thing_ids(self) -> tuple[int, ...]:
+        """Contiguous ids of the thing classes, the rest being stuff."""
+        if self.thing_classes is not None:
+            return tuple(self.thing_classes)
+        return tuple(range(self.num_things))
+
+
+def _check_thing_classes(thing_classes: list[int], num_things: int, num_classes: int) -> None:
+    if sorted(set(thing_classes)) != thing_classes:
+        raise ValueError(f"thing_classes {thing_classes} must be sorted and without repeats")
+    outside = [c for c in thing_classes if not 0 <= c < num_classes]
+    if outside:
+        raise ValueError(f"thing_classes {outside} are outside 0..{num_classes - 1} (num_classes {num_classes})")
+    if len(thing_classes) != num_things:
+        raise ValueError(f"thing_classes lists {len(thing_classes)} classes but num_things is {num_things}; "
+                         f"set num_things: {len(thing_classes)}")

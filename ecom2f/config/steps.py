@@ -27,17 +27,28 @@ def _increasing_depths(exits: list[int] | None) -> list[int] | None:
 
 class InitConfig(Section):
     """Where the parent's weights start: random, the backbone file in ``model.backbone.weights``,
-    or a released Mask2Former checkpoint (imported through its detectron2 YAML)."""
+    a released Mask2Former checkpoint (imported through its detectron2 YAML), or a transformers
+    Mask2Former checkpoint folder (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``,
+    local or ``s3://``, as ``save_pretrained`` writes it and the Hugging Face Hub serves it)."""
 
-    mode: Literal["scratch", "backbone", "mask2former"] = "scratch"
+    mode: Literal["scratch", "backbone", "mask2former", "huggingface"] = "scratch"
     mask2former_checkpoint: str | None = None
     mask2former_config: str | None = None  # the detectron2 YAML the checkpoint was trained with
+    huggingface_checkpoint: str | None = None  # the folder of a transformers Mask2Former checkpoint
+    # Before training, compare the checkpoint's class names (config.json id2label) with data.train's, in
+    # order: a dataset with other classes, or the same in another order, would train the wrong classifier rows.
+    check_class_names: bool = True
 
     @model_validator(mode="after")
     def _paths_for_mode(self) -> InitConfig:
         if self.mode == "mask2former" and not (self.mask2former_checkpoint and self.mask2former_config):
             raise ValueError(
                 "parent.init.mode 'mask2former' needs parent.init.mask2former_checkpoint and parent.init.mask2former_config"
+            )
+        if self.mode == "huggingface" and not self.huggingface_checkpoint:
+            raise ValueError(
+                "parent.init.mode 'huggingface' needs parent.init.huggingface_checkpoint: the folder (local or s3://) "
+                "of a transformers Mask2Former checkpoint, e.g. a download of facebook/mask2former-swin-tiny-coco-panoptic"
             )
         return self
 

@@ -13,12 +13,14 @@ from pathlib import Path
 import yaml
 
 from ecom2f.config.model import ModelConfig
+from ecom2f.modeling.swin import SWIN_SPECS
 
-__all__ = ["load_d2_yaml", "model_config_from_d2"]
+__all__ = ["load_d2_yaml", "model_config_from_d2", "model_config_to_d2", "save_d2_yaml"]
 
-_SWIN_NAMES = {(96, (2, 2, 6, 2)): "swin_t", (96, (2, 2, 18, 2)): "swin_s", (128, (2, 2, 18, 2)): "swin_b"}
+_SWIN_NAMES = {(embed_dim, depths): name for name, (embed_dim, depths, _) in SWIN_SPECS.items()}
 # Thing-class counts of the panoptic datasets Mask2Former ships configs for, keyed by class count.
-_THINGS_BY_CLASSES = {133: 80}
+# The released label sets by size: COCO panoptic (things first), Cityscapes (things 11..18).
+_THINGS_BY_CLASSES = {133: list(range(80)), 19: list(range(11, 19))}
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -63,7 +65,8 @@ def _require(tree: dict, dotted: str, allowed, default=None):
 def model_config_from_d2(tree: dict | str | Path, num_things: int | None = None) -> ModelConfig:
     """Translate a detectron2 config (tree or YAML path) into a :class:`ModelConfig`.
 
-    ``num_things``: classes ``0..num_things-1`` are things; default 80 for COCO's 133 classes.
+    ``num_things``: classes ``0..num_things-1`` are things; default: COCO's 133 classes have their
+    80 things first, Cityscapes' 19 classes have things at 11..18.
     """
     if not isinstance(tree, dict):
         tree = load_d2_yaml(tree)
@@ -72,15 +75,20 @@ def model_config_from_d2(tree: dict | str | Path, num_things: int | None = None)
     _check_architecture(m)
     head, former = model.get("SEM_SEG_HEAD", {}), model.get("MASK_FORMER", {})
     num_classes = int(head.get("NUM_CLASSES", 133))
+    thing_classes = None
     if num_things is None:
         if num_classes not in _THINGS_BY_CLASSES:
             raise ValueError(f"{num_classes} classes: pass num_things (how many leading classes are things)")
-        num_things = _THINGS_BY_CLASSES[num_classes]
+        thing_classes = _THINGS_BY_CLASSES[num_classes]
+        num_things = len(thing_classes)
+        if thing_classes == list(range(num_things)):
+            thing_classes = None
     config = {
         "backbone": _backbone_section(m),
         **_network_sections(head, former),
         "num_classes": num_classes,
         "num_things": num_things,
+        "thing_classes": thing_classes,
         "pixel_mean": [float(v) for v in model.get("PIXEL_MEAN", [123.675, 116.28, 103.53])],
         "pixel_std": [float(v) for v in model.get("PIXEL_STD", [58.395, 57.12, 57.375])],
         "size_divisibility": int(former.get("SIZE_DIVISIBILITY", 32)),
@@ -125,7 +133,7 @@ def _backbone_section(m: dict) -> dict:
     if backbone_name == "D2SwinTransformer":
         key = (int(_get(m, "MODEL.SWIN.EMBED_DIM", 96)), tuple(_get(m, "MODEL.SWIN.DEPTHS", [2, 2, 6, 2])))
         if key not in _SWIN_NAMES:
-            raise ValueError(f"MODEL.SWIN EMBED_DIM/DEPTHS {key} match none of Swin-T/S/B")
+            raise ValueError(f"MODEL.SWIN EMBED_DIM/DEPTHS {key} match none of Swin-T/S/B/L")
         _require(m, "MODEL.SWIN.PATCH_SIZE", [4], 4)
         _require(m, "MODEL.SWIN.APE", [False], False)
         return {
@@ -187,3 +195,64 @@ def _criterion_section(former: dict) -> dict:
         "importance_sample_ratio": float(former.get("IMPORTANCE_SAMPLE_RATIO", 0.75)),
         "deep_supervision": bool(former.get("DEEP_SUPERVISION", True)),
     }
+
+
+# ----------------------------------------------------------------------------- ModelConfig -> detectron2 YAML
+_D2_FIXED = {"pixel_decoder.points": 4, "pixel_decoder.ffn_dim": 1024, "pixel_decoder.num_groups": 32}
+
+
+def _d2_backbone(config: ModelConfig) -> dict:
+    backbone = config.backbone
+    if backbone.name.startswith("resnet"):
+        depth = int(backbone.name[len("resnet"):])
+        resnets = {"DEPTH": depth, "NORM": "FrozenBN", "STRIDE_IN_1X1": backbone.stride_in_1x1, "NUM_GROUPS": 1,
+                   "WIDTH_PER_GROUP": 64, "STEM_OUT_CHANNELS": 64, "RES2_OUT_CHANNELS": 64 if depth == 18 else 256,
+                   "RES5_DILATION": 1, "STEM_TYPE": "basic", "OUT_FEATURES": ["res2", "res3", "res4", "res5"]}
+        return {"BACKBONE": {"NAME": "build_resnet_backbone", "FREEZE_AT": backbone.freeze_at}, "RESNETS": resnets}
+    embed, depths = next(key for key, name in _SWIN_NAMES.items() if name == backbone.name)
+    heads = [3, 6, 12, 24] if embed == 96 else [embed // 32 * 2**i for i in range(4)]
+    swin = {"EMBED_DIM": embed, "DEPTHS": list(depths), "NUM_HEADS": heads, "WINDOW_SIZE": backbone.swin_window_size,
+            "PATCH_SIZE": 4, "APE": False, "DROP_PATH_RATE": backbone.drop_path_rate, "MLP_RATIO": 4.0,
+            "QKV_BIAS": True, "PATCH_NORM": True, "OUT_FEATURES": ["res2", "res3", "res4", "res5"]}
+    return {"BACKBONE": {"NAME": "D2SwinTransformer", "FREEZE_AT": backbone.freeze_at}, "SWIN": swin}
+
+
+def model_config_to_d2(config: ModelConfig) -> dict:
+    """The detectron2/Mask2Former config tree (``MODEL``, ``INPUT``, ``TEST``) of ``config``;
+    :func:`model_config_from_d2` reads it back to the same network. Mask2Former fixes the
+    encoder's sampling points (4), FFN width (1024), GroupNorm groups (32) and uses one head
+    count for encoder and decoder: a model outside that cannot be written (ValueError)."""
+    pd, dec, crit, test = config.pixel_decoder, config.decoder, config.criterion, config.test
+    values = {"pixel_decoder.points": pd.points, "pixel_decoder.ffn_dim": pd.ffn_dim,
+              "pixel_decoder.num_groups": pd.num_groups}
+    different = [f"{key} = {values[key]} (Mask2Former: {allowed})" for key, allowed in _D2_FIXED.items()
+                 if values[key] != allowed]
+    if pd.heads != dec.heads:
+        different.append(f"pixel_decoder.heads {pd.heads} != decoder.heads {dec.heads} (Mask2Former: one NHEADS)")
+    if different:
+        raise ValueError("a Mask2Former config cannot describe this model: " + "; ".join(different))
+    head = {"NAME": "MaskFormerHead", "NUM_CLASSES": config.num_classes, "CONVS_DIM": pd.conv_dim,
+            "MASK_DIM": pd.mask_dim, "NORM": "GN", "PIXEL_DECODER_NAME": "MSDeformAttnPixelDecoder",
+            "IN_FEATURES": ["res2", "res3", "res4", "res5"],
+            "DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES": list(pd.in_features), "COMMON_STRIDE": pd.common_stride,
+            "TRANSFORMER_ENC_LAYERS": pd.encoder_layers, "IGNORE_VALUE": 255}
+    former = {"TRANSFORMER_DECODER_NAME": "MultiScaleMaskedTransformerDecoder",
+              "TRANSFORMER_IN_FEATURE": "multi_scale_pixel_decoder", "DEEP_SUPERVISION": crit.deep_supervision,
+              "NO_OBJECT_WEIGHT": crit.no_object_weight, "CLASS_WEIGHT": crit.class_weight,
+              "MASK_WEIGHT": crit.mask_weight, "DICE_WEIGHT": crit.dice_weight, "HIDDEN_DIM": dec.hidden_dim,
+              "NUM_OBJECT_QUERIES": dec.num_queries, "NHEADS": dec.heads, "DROPOUT": 0.0,
+              "DIM_FEEDFORWARD": dec.ffn_dim, "ENC_LAYERS": 0, "PRE_NORM": dec.pre_norm,
+              "ENFORCE_INPUT_PROJ": dec.enforce_input_proj, "SIZE_DIVISIBILITY": config.size_divisibility,
+              "DEC_LAYERS": dec.layers + 1, "TRAIN_NUM_POINTS": crit.num_points,
+              "OVERSAMPLE_RATIO": crit.oversample_ratio, "IMPORTANCE_SAMPLE_RATIO": crit.importance_sample_ratio,
+              "TEST": {"SEMANTIC_ON": test.semantic_on, "INSTANCE_ON": test.instance_on,
+                       "PANOPTIC_ON": test.panoptic_on, "OVERLAP_THRESHOLD": test.overlap_threshold,
+                       "OBJECT_MASK_THRESHOLD": test.object_mask_threshold}}
+    model = {"META_ARCHITECTURE": "MaskFormer", **_d2_backbone(config), "PIXEL_MEAN": list(config.pixel_mean),
+             "PIXEL_STD": list(config.pixel_std), "SEM_SEG_HEAD": head, "MASK_FORMER": former}
+    return {"MODEL": model, "INPUT": {"FORMAT": "RGB"}, "TEST": {"DETECTIONS_PER_IMAGE": test.detections_per_image}}
+
+
+def save_d2_yaml(config: ModelConfig, path: str | Path) -> None:
+    """Writes :func:`model_config_to_d2` as YAML."""
+    Path(path).write_text(yaml.safe_dump(model_config_to_d2(config), sort_keys=False))

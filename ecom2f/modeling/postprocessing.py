@@ -6,6 +6,7 @@ Every function works on one image; shapes: ``mask_cls [Q, K+1]`` logits, ``mask_
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -51,11 +52,12 @@ def semantic_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> torch
 def panoptic_inference(
     mask_cls: torch.Tensor,
     mask_pred: torch.Tensor,
-    num_things: int,
+    thing_ids: Collection[int],
     object_mask_threshold: float = 0.8,
     overlap_threshold: float = 0.8,
 ) -> tuple[torch.Tensor, list[dict]]:
-    """``(ids [H, W] int32, segments_info)``; classes ``< num_things`` are things.
+    """``(ids [H, W] int32, segments_info)``; the classes in ``thing_ids`` are things
+    (``ModelConfig.thing_ids``), the rest stuff.
 
     Each pixel goes to the kept query with the highest score x mask probability; a query
     keeps its segment only where its own mask is >= 0.5, and only if that region is at least
@@ -73,10 +75,11 @@ def panoptic_inference(
         return panoptic, segments
     cur_mask_ids = (cur_scores.view(-1, 1, 1) * cur_masks).argmax(0)
     stuff_ids: dict[int, int] = {}
+    thing_ids = frozenset(int(c) for c in thing_ids)
     current = 0
     for k in range(cur_classes.shape[0]):
         pred_class = int(cur_classes[k])
-        is_thing = pred_class < num_things
+        is_thing = pred_class in thing_ids
         owned = cur_mask_ids == k
         mask_area = int(owned.sum())
         original_area = int((cur_masks[k] >= 0.5).sum())
@@ -96,7 +99,8 @@ def panoptic_inference(
 
 
 def instance_inference(
-    mask_cls: torch.Tensor, mask_pred: torch.Tensor, num_things: int, top_k: int = 100, things_only: bool = True
+    mask_cls: torch.Tensor, mask_pred: torch.Tensor, thing_ids: Collection[int], top_k: int = 100,
+    things_only: bool = True,
 ) -> InstanceResult:
     """Top ``top_k`` (query, class) pairs by class probability; with ``things_only`` (panoptic
     models), stuff classes are dropped after the top-k. Score = class probability x mean mask
@@ -110,7 +114,7 @@ def instance_inference(
     query_index = torch.div(top_index, num_classes, rounding_mode="floor")
     masks = mask_pred[query_index]
     if things_only:
-        keep = top_labels < num_things
+        keep = torch.isin(top_labels, torch.as_tensor(sorted(thing_ids), dtype=top_labels.dtype, device=top_labels.device))
         top_scores, top_labels, masks, query_index = top_scores[keep], top_labels[keep], masks[keep], query_index[keep]
     binary = (masks > 0).float()
     mask_scores = (masks.sigmoid().flatten(1) * binary.flatten(1)).sum(1) / (binary.flatten(1).sum(1) + 1e-6)

@@ -82,3 +82,20 @@ def test_swin_window_attention_pads_before_shifting_as_detectron2():
         timm_order = SwinTransformerBlock._attn(block, x)
     torch.testing.assert_close(ours, expected)
     assert (ours - timm_order).abs().max() > 1e-3
+
+
+def test_the_configs_backbone_names_are_exactly_the_buildable_ones():
+    from ecom2f.config.model import BACKBONE_NAMES
+    from ecom2f.modeling.resnet import RESNET_DEPTHS
+    from ecom2f.modeling.swin import SWIN_SPECS
+
+    assert set(BACKBONE_NAMES) == set(RESNET_DEPTHS) | set(SWIN_SPECS)
+
+
+def test_swin_l_has_mask2formers_widths():
+    from ecom2f.modeling.swin import SwinBackbone
+
+    with torch.device("meta"):  # 197M parameters: the shapes are what matters here
+        backbone = SwinBackbone("swin_l", window_size=12)
+    assert backbone.out_channels == {"res2": 192, "res3": 384, "res4": 768, "res5": 1536}
+    assert sum(p.numel() for p in backbone.parameters()) > 190_000_000

@@ -132,3 +132,33 @@ def test_missing_files_are_clear(tmp_path, tiny_yaml):
         load_mask2former_state_dict(tmp_path / "nope.pth")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         import_mask2former(None, tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50", "resnet101", "swin_t", "swin_s", "swin_b"])
+def test_model_config_written_as_detectron2_yaml_reads_back_the_same(backbone, tmp_path):
+    from ecom2f.modeling import ModelConfig
+    from ecom2f.modeling.d2_config import save_d2_yaml
+
+    config = ModelConfig(
+        backbone={"name": backbone, "swin_window_size": 12 if backbone == "swin_b" else 7, "freeze_at": 2,
+                  "stride_in_1x1": backbone == "resnet50", "drop_path_rate": 0.3 if "swin" in backbone else 0.0},
+        num_classes=19, num_things=8, pixel_mean=[1.0, 2.0, 3.0], size_divisibility=64,
+        decoder={"pre_norm": True, "num_queries": 50, "layers": 4},
+        pixel_decoder={"encoder_layers": 4, "common_stride": 8},
+        test={"panoptic_on": False, "object_mask_threshold": 0.25, "detections_per_image": 7},
+        criterion={"class_weight": 1.5, "num_points": 99, "deep_supervision": False},
+        gate={"exits": [2, 3, 4]},
+    )
+    save_d2_yaml(config, tmp_path / "model.yaml")
+    assert model_config_from_d2(tmp_path / "model.yaml", num_things=8) == config
+
+
+def test_a_model_mask2former_cannot_describe_is_refused_by_field():
+    from ecom2f.modeling import ModelConfig
+    from ecom2f.modeling.d2_config import model_config_to_d2
+
+    config = ModelConfig(pixel_decoder={"ffn_dim": 128, "points": 2, "num_groups": 8, "conv_dim": 64, "heads": 4})
+    with pytest.raises(ValueError, match=r"pixel_decoder.points = 2 \(Mask2Former: 4\); pixel_decoder.ffn_dim = 128 "
+                                         r"\(Mask2Former: 1024\); pixel_decoder.num_groups = 8 \(Mask2Former: 32\); "
+                                         r"pixel_decoder.heads 4 != decoder.heads 8"):
+        model_config_to_d2(config)

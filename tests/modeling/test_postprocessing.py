@@ -33,7 +33,7 @@ def test_panoptic_assigns_pixels_merges_stuff_and_drops_no_object():
     masks[2, 2:, 2:] = BIG
     masks[3] = BIG
     cls = logits_for([0, 2, 2, 4, 1], 4)
-    ids, segments = panoptic_inference(cls, masks, num_things=2, object_mask_threshold=0.8, overlap_threshold=0.8)
+    ids, segments = panoptic_inference(cls, masks, thing_ids=range(2), object_mask_threshold=0.8, overlap_threshold=0.8)
     assert segments == [
         {"id": 1, "isthing": True, "category_id": 0},
         {"id": 2, "isthing": False, "category_id": 2},
@@ -49,10 +49,10 @@ def test_panoptic_overlap_threshold_drops_mostly_covered_segments():
     masks[1, 0, 2:] = BIG
     masks[1, 1, 2] = BIG
     cls = torch.tensor([[10.0, 0, 0], [0, 5.0, 0]])
-    ids, segments = panoptic_inference(cls, masks, num_things=2, object_mask_threshold=0.5, overlap_threshold=0.8)
+    ids, segments = panoptic_inference(cls, masks, thing_ids=range(2), object_mask_threshold=0.5, overlap_threshold=0.8)
     assert [s["category_id"] for s in segments] == [0]
     assert ids.tolist() == [[1, 1, 1, 0], [1, 1, 1, 0]]
-    ids, segments = panoptic_inference(cls, masks, num_things=2, object_mask_threshold=0.5, overlap_threshold=0.2)
+    ids, segments = panoptic_inference(cls, masks, thing_ids=range(2), object_mask_threshold=0.5, overlap_threshold=0.2)
     assert [s["category_id"] for s in segments] == [0, 1]
     assert ids.tolist() == [[1, 1, 1, 2], [1, 1, 1, 0]]
 
@@ -60,9 +60,9 @@ def test_panoptic_overlap_threshold_drops_mostly_covered_segments():
 def test_panoptic_object_threshold_and_empty_result():
     masks = torch.full((1, 2, 2), BIG)
     cls = torch.tensor([[1.0, 0.0, 0.0]])  # max prob e/(e+2) = 0.576
-    ids, segments = panoptic_inference(cls, masks, num_things=1, object_mask_threshold=0.8)
+    ids, segments = panoptic_inference(cls, masks, thing_ids=range(1), object_mask_threshold=0.8)
     assert segments == [] and ids.dtype == torch.int32 and ids.abs().sum() == 0
-    ids, segments = panoptic_inference(cls, masks, num_things=1, object_mask_threshold=0.5)
+    ids, segments = panoptic_inference(cls, masks, thing_ids=range(1), object_mask_threshold=0.5)
     assert segments == [{"id": 1, "isthing": True, "category_id": 0}] and ids.tolist() == [[1, 1], [1, 1]]
 
 
@@ -76,7 +76,7 @@ def test_semantic_is_probability_weighted_sum():
 def test_instances_top_k_things_only_and_mask_scores():
     cls = torch.tensor([[5.0, 0.0, 1.0, 0.0], [0.0, 4.0, 0.0, 0.0]])  # classes 0,1 things, 2 stuff
     masks = torch.tensor([[[2.0, -1.0]], [[-3.0, 0.5]]])
-    result = instance_inference(cls, masks, num_things=2, top_k=3)
+    result = instance_inference(cls, masks, thing_ids=range(2), top_k=3)
     probs = torch.softmax(cls, -1)[:, :-1]
     top = sorted(
         ((probs[q, c].item(), q, c) for q in range(2) for c in range(3)), reverse=True
@@ -104,3 +104,26 @@ def test_resize_crops_padding_before_resizing():
     torch.testing.assert_close(out, full[:, :4, :])
     out = resize_masks_to_input(low, (8, 8), (4, 8), (2, 4))
     assert out.shape == (1, 2, 4)
+
+
+def test_things_need_not_be_the_leading_classes():
+    """Cityscapes-like: class 0 is stuff, class 2 a thing. Two class-0 queries merge into one
+    stuff segment; two class-2 queries stay two instances; instances keep class 2 only."""
+    masks = torch.full((4, 2, 4), -BIG)
+    masks[0, :, 0] = BIG
+    masks[1, :, 1] = BIG
+    masks[2, :, 2] = BIG
+    masks[3, :, 3] = BIG
+    cls = logits_for([0, 0, 2, 2], 3)
+    ids, segments = panoptic_inference(cls, masks, thing_ids=[2], object_mask_threshold=0.5)
+    assert segments == [
+        {"id": 1, "isthing": False, "category_id": 0},
+        {"id": 2, "isthing": True, "category_id": 2},
+        {"id": 3, "isthing": True, "category_id": 2},
+    ]
+    assert ids.tolist() == [[1, 1, 2, 3]] * 2
+    # The leading-classes reading (things = {0}) would merge the class-2 queries instead.
+    _, leading = panoptic_inference(cls, masks, thing_ids=range(1), object_mask_threshold=0.5)
+    assert [s["isthing"] for s in leading] == [True, True, False]
+    instances = instance_inference(cls, masks, thing_ids=[2], top_k=4)
+    assert set(instances.classes.tolist()) == {2} and sorted(instances.query_index.tolist()) == [2, 3]

@@ -164,3 +164,97 @@ def test_preflight_refuses_files_that_are_not_weights(tmp_path):
 def test_preflight_wants_a_local_file_not_an_s3_uri(tmp_path):
     with pytest.raises(ValueError, match=r"'s3://bucket/R-50\.pkl' is an s3:// URI, but the model is built from a local file"):
         check_parent_init(_backbone_config(tmp_path, "resnet50", "s3://bucket/R-50.pkl"))
+
+
+# ----------------------------------------------------------------------------- transformers (Hugging Face) checkpoints
+# transformers' pixel decoder reads res3-res5 with 32 GroupNorm groups (the demo reads res2 too).
+_HF = ["parent.init.mode=huggingface", "model.pixel_decoder.num_groups=32", "model.pixel_decoder.in_features=[res3,res4,res5]"]
+
+
+def _synthetic_names() -> tuple[str, ...]:
+    from ecom2f.data.synthetic import categories
+
+    return tuple(category["name"] for category in sorted(categories(), key=lambda c: c["id"]))
+
+
+def _hf_folder(path, model_config, names):
+    """A transformers checkpoint folder of a random model of ``model_config`` (export_huggingface
+    writes what save_pretrained writes; tests/modeling/test_huggingface.py checks transformers loads it)."""
+    from ecom2f.modeling.class_info import ClassInfo
+    from ecom2f.modeling.huggingface_checkpoint import GATE_FILE, SIDECAR_FILE, export_huggingface
+
+    torch.manual_seed(21)
+    model = build_model(model_config)
+    export_huggingface(model, path, ClassInfo(tuple(names), tuple(range(model_config.num_things))))
+    for ecom2f_file in (SIDECAR_FILE, GATE_FILE):  # as the Hub serves it: transformers' files only
+        (path / ecom2f_file).unlink()
+    return model
+
+
+def _hf_config(tmp_path, data_root, folder, *overrides):
+    # data.synthetic off: the names are compared with the dataset, which must exist before the check.
+    return tiny_config(data_root, tmp_path / "runs", *_HF, f"parent.init.huggingface_checkpoint={folder}",
+                       "data.synthetic=null", *overrides)
+
+
+def test_huggingface_checkpoint_passes_preflight_and_initialises_every_weight(tmp_path, tiny_data_root):
+    base = _hf_config(tmp_path, tiny_data_root, tmp_path / "hf")
+    released = _hf_folder(tmp_path / "hf", base.model, _synthetic_names())
+    check_parent_init(base)
+    torch.manual_seed(3)
+    model = build_model(base.model)
+    initialize_parent(model, base)
+    ours, theirs = model.state_dict(), released.state_dict()
+    assert all(torch.equal(ours[key], theirs[key]) for key in ours if not key.startswith("gate."))
+    assert not torch.equal(ours["gate.head.weight"], theirs["gate.head.weight"])  # no gate in transformers' files
+
+
+def test_huggingface_checkpoint_of_another_architecture_lists_the_overrides(tmp_path, tiny_data_root):
+    base = _hf_config(tmp_path, tiny_data_root, tmp_path / "hf")
+    other = base.model.model_copy(update={"num_classes": 12, "decoder": base.model.decoder.model_copy(
+        update={"num_queries": 20})})
+    _hf_folder(tmp_path / "hf", other, [f"c{i}" for i in range(12)])
+    # Classes ecom2f does not recognise: their thing/stuff split is the model section's (num_things 7).
+    with pytest.raises(ValueError, match=r"(?s)another architecture.*decoder.num_queries: checkpoint 20 vs model 8\n"
+                                         r"  num_classes: checkpoint 12 vs model 10\n"
+                                         r"  \(as overrides: model.decoder.num_queries=20 model.num_classes=12\)$"):
+        check_parent_init(base)
+
+
+def test_huggingface_classes_must_be_the_datasets_in_order(tmp_path, tiny_data_root):
+    from ecom2f.errors import BadInputError
+
+    names = list(_synthetic_names())
+    names[7], names[8] = names[8], names[7]  # two stuff classes swapped
+    base = _hf_config(tmp_path, tiny_data_root, tmp_path / "hf")
+    _hf_folder(tmp_path / "hf", base.model, names)
+    with pytest.raises(BadInputError, match=rf"differ from data.train's \(2 of 10: class 7: checkpoint {names[7]!r} "
+                                            rf"vs data.train {names[8]!r}; .*check_class_names=false"):
+        check_parent_init(base)
+    check_parent_init(_hf_config(tmp_path, tiny_data_root, tmp_path / "hf", "parent.init.check_class_names=false"))
+
+
+def test_huggingface_folder_problems_are_named_before_training(tmp_path, tiny_data_root):
+    from ecom2f.errors import MissingFileError
+
+    with pytest.raises(MissingFileError, match="has no config.json: give the folder of a transformers Mask2Former"):
+        check_parent_init(_hf_config(tmp_path, tiny_data_root, tmp_path / "absent"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    with pytest.raises(MissingFileError, match="has config.json but no weights"):
+        check_parent_init(_hf_config(tmp_path, tiny_data_root, tmp_path / "empty"))
+    with pytest.raises(ConfigError, match="parent.init.mode 'huggingface' needs parent.init.huggingface_checkpoint"):
+        tiny_config(tmp_path, tmp_path / "runs", "parent.init.mode=huggingface")
+
+
+def test_huggingface_checkpoint_on_s3(tmp_path, tiny_data_root, s3_bucket):
+    from ecom2f import storage
+
+    local = tmp_path / "hf"
+    base = _hf_config(tmp_path, tiny_data_root, f"{s3_bucket}/weights/hf")
+    released = _hf_folder(local, base.model, _synthetic_names())
+    storage.upload_dir(local, f"{s3_bucket}/weights/hf")
+    check_parent_init(base)
+    model = build_model(base.model)
+    initialize_parent(model, base)
+    assert torch.equal(model.decoder.class_embed.weight, released.decoder.class_embed.weight)
