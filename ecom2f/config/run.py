@@ -7,7 +7,6 @@ rule a user can break is checked here, when the configuration loads, before any 
 
 from __future__ import annotations
 
-import difflib
 
 from pydantic import Field, model_validator
 
@@ -15,6 +14,7 @@ from ecom2f.config.data import DataConfig
 from ecom2f.config.model import ModelConfig
 from ecom2f.config.runtime import RayConfig, StorageSection
 from ecom2f.config.section import Section
+from ecom2f.config.serving import ServingConfig
 from ecom2f.config.solver import SolverConfig
 from ecom2f.config.steps import DepthConfig, EvaluationConfig, GateSearchConfig, ParentConfig
 
@@ -31,6 +31,7 @@ class Config(Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     storage: StorageSection = Field(default_factory=StorageSection)
     ray: RayConfig = Field(default_factory=RayConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
     seed: int = Field(0, ge=0)
 
     # ------------------------------------------------------------------ derived values
@@ -89,10 +90,18 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _init_consistent(self) -> Config:
-        if self.parent.init.mode == "scratch" and self.model.backbone.weights:
+        mode, weights = self.parent.init.mode, self.model.backbone.weights
+        if mode == "scratch" and weights:
             raise ValueError(
-                f"parent.init.mode is 'scratch' but model.backbone.weights is {self.model.backbone.weights!r}; "
+                f"parent.init.mode is 'scratch' but model.backbone.weights is {weights!r}; "
                 "set parent.init.mode to 'backbone' to start from those weights, or clear model.backbone.weights"
+            )
+        if mode in ("mask2former", "huggingface") and weights:
+            # The whole model, backbone included, comes from the checkpoint: the backbone file would be
+            # read on every worker only to be overwritten.
+            raise ValueError(
+                f"parent.init.mode is {mode!r}, which loads the backbone from the checkpoint, but "
+                f"model.backbone.weights is {weights!r}; set model.backbone.weights=null"
             )
         return self
 
@@ -152,15 +161,13 @@ class Config(Section):
         names = [(key, ref) for key, ref in names if isinstance(ref, str)]
         if not names:
             return self
-        from ecom2f.data.registry import registered_datasets  # imports torch: only when names are used
+        from ecom2f.data.registry import registered_datasets, unknown_dataset_message  # imports torch: only when used
 
-        known = list(registered_datasets())
+        known = set(registered_datasets())
         for key, name in names:
             if name not in known:
-                close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-                hint = f"did you mean {' or '.join(map(repr, close))}?" if close else f"registered: {', '.join(known)}"
                 raise ValueError(
-                    f"{key}: no dataset named {name!r}; {hint} (or give a spec: {{format, image_root, json, png_root}})"
+                    f"{key}: {unknown_dataset_message(name)} (or give a spec: {{format, image_root, json, png_root}})"
                 )
         return self
 

@@ -9,18 +9,19 @@ for ECO-M2F step 2; ``predict`` goes from uint8 images to Mask2Former's results.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ecom2f.config.model import ModelConfig
 from ecom2f.modeling.backbone import build_backbone
-from ecom2f.modeling.deformable_encoder import check_depths, host_ints_to_device
+from ecom2f.modeling.deformable_encoder import EncoderInputs, check_depths, host_ints_to_device
 from ecom2f.modeling.gate import Gate, valid_cells
 from ecom2f.modeling.pixel_decoder import MSDeformAttnPixelDecoder
 from ecom2f.modeling.transformer_decoder import MultiScaleMaskedTransformerDecoder
 
-__all__ = ["EarlyExitMask2Former", "build_model", "DepthSpec"]
+__all__ = ["DepthSpec", "EarlyExitMask2Former", "Trunk", "build_model"]
 
 DepthSpec = None | int | str | Sequence[int] | torch.Tensor
 
@@ -32,6 +33,21 @@ def build_model(config: ModelConfig | dict | None = None) -> EarlyExitMask2Forme
     elif isinstance(config, dict):
         config = ModelConfig.model_validate(config)
     return EarlyExitMask2Former(config)
+
+
+@dataclass
+class Trunk:
+    """What every depth of one batch shares (:meth:`EarlyExitMask2Former.forward_trunk`).
+
+    inputs: the encoder's inputs (:class:`EncoderInputs`, batch ``N``).
+    laterals: the FPN's lateral maps ``[N, C, h, w]``, coarsest first (they do not depend on the depth).
+    gate_features: ``[N, F]``; gate_logits: ``[N, E]``.
+    """
+
+    inputs: EncoderInputs
+    laterals: list[torch.Tensor]
+    gate_features: torch.Tensor
+    gate_logits: torch.Tensor
 
 
 class EarlyExitMask2Former(nn.Module):
@@ -128,6 +144,35 @@ class EarlyExitMask2Former(nn.Module):
 
     def forward(self, pixels: torch.Tensor, depth: DepthSpec = None) -> dict:
         return self.forward_raw(pixels, depth)
+
+    # ----------------------------------------------------------------- inference by depth group
+    def forward_trunk(self, pixels: torch.Tensor, image_sizes=None) -> Trunk:
+        """The part of :meth:`forward_raw` before the encoder layers, once for a batch: backbone,
+        input projections, encoder inputs, FPN laterals and the gate. ``pixels``, ``image_sizes``
+        as in :meth:`forward_raw`."""
+        features, _, inputs, gate_features = self._encode_inputs(pixels, image_sizes)
+        laterals = self.pixel_decoder.laterals(features)
+        return Trunk(inputs, laterals, gate_features, self.gate(gate_features))
+
+    def forward_depth(self, trunk: Trunk, depth: int, rows: Sequence[int] | None = None) -> torch.Tensor:
+        """The encoder's final state ``[M, S, C]`` of the images ``rows`` (host ints; None = all) of
+        ``trunk``, every one at the same ``depth``: each layer runs on the whole sub-batch, so no
+        layer gathers or scatters rows (one gather per group, here)."""
+        inputs = trunk.inputs
+        if rows is not None and len(rows) != inputs.tokens.shape[0]:
+            inputs = inputs.select(host_ints_to_device(list(rows), inputs.tokens.device))
+        final, _ = self.pixel_decoder.encoder(inputs, int(depth))
+        return final
+
+    def forward_head(self, trunk: Trunk, tokens: torch.Tensor, rows: Sequence[int] | None = None) -> dict:
+        """FPN and transformer decoder on encoder states ``tokens [M, S, C]`` of the images ``rows``
+        of ``trunk``: ``{"pred_logits": [M, Q, K+1], "pred_masks": [M, Q, H/4, W/4]}`` (no aux)."""
+        laterals = trunk.laterals  # empty when every backbone level goes to the encoder
+        if rows is not None and len(rows) != trunk.gate_logits.shape[0]:
+            index = host_ints_to_device(list(rows), tokens.device)
+            laterals = [lateral.index_select(0, index) for lateral in laterals]
+        mask_features, multi_scale = self.pixel_decoder.decode(tokens, trunk.inputs.shapes, laterals=laterals)
+        return self.decoder(multi_scale, mask_features, aux=False)
 
     def _check_exits(self, exits: Sequence[int]) -> list[int]:
         layers = self.num_encoder_layers
