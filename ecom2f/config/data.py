@@ -68,6 +68,9 @@ class SyntheticDataConfig(Section):
     num_val: int = Field(16, ge=1)
     image_size: int = Field(128, ge=32)
     seed: int = 0
+    # Share of cluttered scenes (many small overlapping shapes, textured stuff) in each split; the
+    # rest are simple (a few large shapes on a flat background).
+    cluttered_fraction: float = Field(0.5, ge=0.0, le=1.0)
 
 
 class DataConfig(Section):

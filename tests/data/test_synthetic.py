@@ -1,3 +1,4 @@
+import hashlib
 import json
 import time
 
@@ -7,7 +8,7 @@ from scipy.stats import spearmanr
 
 from ecom2f.data import build_dataset, training_targets
 from ecom2f.data.image_io import rgb_to_id
-from ecom2f.data.synthetic import categories, generate, render
+from ecom2f.data.synthetic import CLUTTERED_FRACTION, GENERATOR_VERSION, categories, generate, is_cluttered, render
 from tests.data.helpers import panoptic_spec
 
 
@@ -58,7 +59,7 @@ def test_categories_things_and_stuff_with_non_contiguous_ids(tmp_path):
 
 
 def test_difficulty_is_recorded_and_follows_what_was_drawn():
-    drawn = [render(i, 96, seed=1) for i in range(60)]
+    drawn = [render(i, 96, seed=1, scenes="graded") for i in range(60)]
     difficulty = np.array([d["difficulty"] for d in drawn])
     assert 0 <= difficulty.min() and difficulty.max() <= 1
     assert difficulty.max() - difficulty.min() > 0.4, "images must range from easy to hard"
@@ -72,7 +73,8 @@ def test_difficulty_is_recorded_and_follows_what_was_drawn():
 
 
 def test_some_images_have_crowd_and_void_and_targets_drop_crowd(tmp_path):
-    generate(tmp_path, 40, 96, seed=2)
+    # The graded scenes: their occluded slivers make void regions often (mixed scenes rarely have any).
+    generate(tmp_path, 40, 96, seed=2, scenes="graded")
     dataset = build_dataset(panoptic_spec(tmp_path))
     crowd_seen = void_seen = False
     for sample in dataset:
@@ -85,12 +87,68 @@ def test_some_images_have_crowd_and_void_and_targets_drop_crowd(tmp_path):
     assert crowd_seen and void_seen
 
 
-def test_json_has_difficulty_per_image(tmp_path):
+def test_json_has_difficulty_and_scene_per_image_and_the_generator_in_info(tmp_path):
     generate(tmp_path, 3, 64, seed=0)
     document = json.loads((tmp_path / "panoptic.json").read_text())
     for image, annotation in zip(document["images"], document["annotations"]):
         assert image["difficulty"] == annotation["difficulty"]
         assert set(annotation["difficulty_factors"]) >= {"num_objects", "occlusion", "noise", "blur"}
+    assert [a["scene"] for a in document["annotations"]] == ["cluttered", "simple", "cluttered"]
+    assert document["info"]["generator_version"] == GENERATOR_VERSION == 2
+    assert document["info"]["scenes"] == "mixed" and document["info"]["cluttered_fraction"] == CLUTTERED_FRACTION
+    generate(tmp_path / "graded", 2, 64, seed=0, scenes="graded")
+    graded = json.loads((tmp_path / "graded" / "panoptic.json").read_text())
+    assert graded["info"]["generator_version"] == 1 and "cluttered_fraction" not in graded["info"]
+    assert {a["scene"] for a in graded["annotations"]} == {"graded"}
+
+
+# sha256 over images 0..5 (image, id map, segments JSON, difficulty) printed by the generator before
+# the mixed scenes existed (commit e92e6c5): the graded scenes must stay byte for byte what they were.
+GRADED_DIGESTS = {(128, 0): "1eb10b49067e154ac170d895c23f233b6f00c1dcf67b735342c3c9d1d106443a",
+                  (96, 3): "6dc8fa9be7286bccc716e5d0512b5a760b0647777cc1d2647c6b257acff03e75"}
+
+
+@pytest.mark.parametrize(("size", "seed"), sorted(GRADED_DIGESTS))
+def test_graded_scenes_are_version_1_byte_for_byte(size, seed):
+    digest = hashlib.sha256()
+    for index in range(6):
+        drawn = render(index, size, seed, scenes="graded")
+        digest.update(drawn["image"].tobytes())
+        digest.update(drawn["id_map"].tobytes())
+        digest.update(json.dumps(drawn["segments_info"]).encode())
+        digest.update(repr(drawn["difficulty"]).encode())
+    assert digest.hexdigest() == GRADED_DIGESTS[(size, seed)]
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.25, 0.5, 0.3, 0.8, 1.0])
+def test_a_mixed_split_holds_the_stated_share_of_cluttered_scenes_in_every_prefix(fraction):
+    cluttered = np.cumsum([is_cluttered(i, fraction) for i in range(200)])
+    expected = np.floor(np.arange(1, 201) * fraction + 0.5)
+    assert np.array_equal(cluttered, expected)
+    scenes = [render(i, 64, seed=2, cluttered_fraction=fraction)["scene"] for i in range(10)]
+    assert scenes.count("cluttered") == int(np.floor(10 * fraction + 0.5))
+
+
+def test_cluttered_scenes_hold_more_and_smaller_segments():
+    """The complexity axis: every cluttered scene has more segments than any simple one, and its
+    things are several times smaller; cluttered scenes are also rougher (texture, strokes) and score
+    a higher recorded difficulty."""
+    drawn = [render(i, 96, seed=5) for i in range(40)]
+    simple = [d for d in drawn if d["scene"] == "simple"]
+    cluttered = [d for d in drawn if d["scene"] == "cluttered"]
+    assert len(simple) == len(cluttered) == 20
+
+    def thing_areas(d):
+        return [s["area"] for s in d["segments_info"] if s["category_id"] <= 7 and not s["iscrowd"]]
+
+    assert min(len(d["segments_info"]) for d in cluttered) > max(len(d["segments_info"]) for d in simple)
+    assert min(len(thing_areas(d)) for d in cluttered) >= 9 and max(len(thing_areas(d)) for d in simple) <= 3
+    assert np.median([a for d in cluttered for a in thing_areas(d)]) * 4 < np.median(
+        [a for d in simple for a in thing_areas(d)])
+    roughness = lambda d: np.abs(np.diff(d["image"].astype(float), axis=1)).mean()
+    assert min(roughness(d) for d in cluttered) > max(roughness(d) for d in simple)
+    assert min(d["difficulty"] for d in cluttered) > max(d["difficulty"] for d in simple)
+    assert not any(s["iscrowd"] for d in simple for s in d["segments_info"])
 
 
 def test_png_encoding_is_coco_rgb_ids(tmp_path):
@@ -106,3 +164,7 @@ def test_bad_arguments_are_refused(tmp_path):
         generate(tmp_path, 0)
     with pytest.raises(ValueError, match="image_size=8"):
         render(0, 8)
+    with pytest.raises(ValueError, match="scenes='busy'"):
+        generate(tmp_path, 1, scenes="busy")
+    with pytest.raises(ValueError, match="cluttered_fraction=1.5"):
+        render(0, 64, cluttered_fraction=1.5)

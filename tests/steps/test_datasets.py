@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+from ecom2f.data.synthetic import GENERATOR_VERSION
 from ecom2f.steps.datasets import ensure_synthetic_data
 from tests.steps.conftest import tiny_config
 
@@ -39,6 +40,18 @@ def test_synthetic_splits_are_reused_and_regenerated_when_their_settings_change(
     os.remove(val_json)
     ensure_synthetic_data(tiny_config(tmp_path, tmp_path / "runs", "data.synthetic.num_train=5", *sizes))
     assert len(_split(tmp_path, "val")["images"]) == 2
+
+    # Another scene mix, or a split drawn by the first generator (graded scenes, no version
+    # recorded) with the same count, size and seed: drawn again.
+    ensure_synthetic_data(tiny_config(tmp_path, tmp_path / "runs", "data.synthetic.num_train=5",
+                                      "data.synthetic.cluttered_fraction=1.0", *sizes))
+    assert _split(tmp_path, "train")["info"]["cluttered_fraction"] == 1.0
+    document = _split(tmp_path, "val")
+    for key in ("generator_version", "scenes", "cluttered_fraction"):
+        document["info"].pop(key)
+    val_json.write_text(json.dumps(document))
+    ensure_synthetic_data(tiny_config(tmp_path, tmp_path / "runs", "data.synthetic.num_train=5", *sizes))
+    assert _split(tmp_path, "val")["info"]["generator_version"] == GENERATOR_VERSION
 
 
 def test_a_dataset_given_as_a_spec_in_the_config_loads(tiny_data_root):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import pickle
 
 import numpy as np
 import pytest
@@ -33,6 +32,8 @@ BYTES_PER_PIXEL_AND_VARIANT = 4  # ids + semantic argmax (1 byte each here), RLE
 def parent(tiny_data_root, tmp_path_factory):
     config = tiny_config(tiny_data_root, tmp_path_factory.mktemp("runs"), f"model.decoder.num_queries={QUERIES}",
                          f"model.test.detections_per_image={DETECTIONS}", "model.test.object_mask_threshold=0.0",
+                         # The seeded random parent of the three-level encoder detects instances on these images.
+                         "model.pixel_decoder.in_features=[res3,res4,res5]",
                          "evaluation.depths=[1,6]", "evaluation.tasks=[panoptic,semantic,instance]")
     torch.manual_seed(0)
     buffer = io.BytesIO()
@@ -64,9 +65,11 @@ def test_the_model_stage_ships_no_mask_logits_nor_dense_masks(parent):
 
 def test_staged_rows_equal_the_model_predict_path(parent):
     """The three stages against model.predict and the metrics on its results, image by image: same
-    PQ sums, confusion matrix and instance detections (RLE, score, class)."""
-    from ecom2f.evaluation import MaskAPEvaluator, PanopticGroundTruth
+    PQ sums, confusion matrix (from the row's non-zero cells) and instance detections and ground
+    truth (masks decoded from the row's JSON, scores, classes)."""
+    from ecom2f.evaluation import PanopticGroundTruth
     from ecom2f.evaluation.semantic import SemanticConfusion
+    from ecom2f.steps.evaluate.summary import _masks
 
     config, weights_uri = parent
     scorer = ValidationScorer(config, weights_uri, gate_dirs={}, device="cpu")
@@ -75,6 +78,7 @@ def test_staged_rows_equal_the_model_predict_path(parent):
     categories = scorer.loader.scoring["categories"]
     to_contiguous = dataset.metadata.dataset_id_to_contiguous
     assert rows["variant"].tolist() == ["depth_1", "depth_1", "depth_6", "depth_6"]
+    detected = 0
     for _, row in rows.iterrows():
         sample = dataset[1 + int(row.name) % 2]
         (result,) = model.predict([sample["image"]], depth=int(row["depth"]),
@@ -86,18 +90,24 @@ def test_staged_rows_equal_the_model_predict_path(parent):
         assert row["pq_stat"] == json.dumps(stat.to_dict())
         expected = SemanticConfusion(len(categories), ignore_index=dataset.metadata.ignore_label)
         expected.update(result["sem_seg"].argmax(0), semantic_label_map(sample, dataset.metadata.ignore_label))
-        np.testing.assert_array_equal(pickle.loads(row["semantic_state"]).matrix, expected.matrix)
-        detections = MaskAPEvaluator(category_ids=dataset.metadata.thing_classes)
+        semantic = json.loads(row["semantic"])
+        matrix = np.zeros(len(categories) ** 2, np.int64)
+        matrix[np.asarray(semantic["cells"], np.int64)] = semantic["counts"]
+        np.testing.assert_array_equal(matrix.reshape(expected.matrix.shape), expected.matrix)
+        assert all(count > 0 for count in semantic["counts"])
         things = sample["is_thing"]
         instances = result["instances"]
-        detections.update({"masks": instances.masks, "scores": instances.scores, "classes": instances.classes},
-                          {"masks": sample["masks"][things], "classes": sample["labels"][things],
-                           "iscrowd": sample["iscrowd"][things]})
-        staged = pickle.loads(row["instance_state"])
-        assert staged._gt == detections._gt and len(staged._dt) == len(detections._dt) > 0
+        record = json.loads(row["instances"])
+        assert record["size"] == list(sample["id_map"].shape)
+        detected += len(instances.classes)
+        np.testing.assert_array_equal(_masks(record["size"], record["detections"]["counts"]), instances.masks.numpy())
+        assert record["detections"]["classes"] == instances.classes.tolist()
         # Scores to float rounding only: the stages ran both images in one batch, predict one.
-        assert [{**d, "score": 0} for d in staged._dt] == [{**d, "score": 0} for d in detections._dt]
-        np.testing.assert_allclose([d["score"] for d in staged._dt], [d["score"] for d in detections._dt], rtol=1e-5)
+        np.testing.assert_allclose(record["detections"]["scores"], instances.scores.numpy(), rtol=1e-5)
+        np.testing.assert_array_equal(_masks(record["size"], record["truth"]["counts"]), sample["masks"][things].numpy())
+        assert record["truth"]["classes"] == sample["labels"][things].tolist()
+        assert record["truth"]["iscrowd"] == sample["iscrowd"][things].long().tolist()
+    assert detected > 0, "the random parent must detect some instances, or the comparison is of empty lists"
 
 
 def test_recorded_time_is_the_batch_own_pass_never_the_warm_up(parent, monkeypatch):
@@ -179,7 +189,8 @@ def test_step2_and_the_evaluation_give_a_prediction_the_same_pq(tiny_data_root, 
 def test_the_model_stage_loads_the_parent_strictly_with_step_2s_loader(parent, tmp_path):
     """Weights of another model section fail with what differs (as in step 2), missing ones say to run step 1."""
     config, _ = parent
-    other = tiny_config(config["data"]["root"], tmp_path, "model.decoder.num_queries=4")
+    other = tiny_config(config["data"]["root"], tmp_path, "model.decoder.num_queries=4",
+                        "model.pixel_decoder.in_features=[res3,res4,res5]")
     buffer = io.BytesIO()
     torch.save(build_model(other.model).state_dict(), buffer)
     wrong = str(tmp_path / "other.pth")

@@ -11,7 +11,8 @@ the gate's weights loaded into the model). The job chains (``ecom2f.steps.ray_cl
    after a warm-up at actor start; results leave as small integer maps and RLE instance masks.
 3. :class:`EvalScorer` (CPU): one row per (image, variant) with the image's PQ sums (mergeable
    into the dataset PQ; ``ecom2f.evaluation.image_pq``, contiguous class ids as in step 2), its
-   depth, its cost, the time it took, and mIoU / mask-AP accumulators.
+   depth, its cost, the time it took, and mIoU / mask-AP accumulators as plain arrays and JSON
+   (:func:`semantic_cells`, :func:`instance_record`; :mod:`ecom2f.steps.evaluate.summary` merges them).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import json
 import logging
 import math
 import os
-import pickle
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,7 +33,6 @@ from ecom2f.data import build_dataset
 from ecom2f.data.sample import semantic_label_map
 from ecom2f.data.transforms import inference_resize
 from ecom2f.evaluation import (
-    MaskAPEvaluator,
     PanopticGroundTruth,
     PQStat,
     SemanticConfusion,
@@ -54,6 +53,8 @@ __all__ = [
     "VariantModel",
     "eval_scoring",
     "fixed_depths",
+    "instance_record",
+    "semantic_cells",
     "validation_dataset",
 ]
 
@@ -217,11 +218,11 @@ class VariantModel:
         for i, (size, out_size) in enumerate(zip(sizes, output_sizes)):
             mask_pred = resize_masks_to_input(masks[i], padded, size, tuple(out_size))
             result = {"depth": int(raw["depths"][i]), "panoptic_seg": panoptic_inference(
-                logits[i], mask_pred, cfg.num_things, test.object_mask_threshold, test.overlap_threshold)}
+                logits[i], mask_pred, cfg.thing_ids, test.object_mask_threshold, test.overlap_threshold)}
             if "semantic" in self.tasks:
                 result["semantic"] = semantic_inference(logits[i], mask_pred).argmax(0)
             if "instance" in self.tasks:
-                result["instances"] = instance_inference(logits[i], mask_pred, cfg.num_things,
+                result["instances"] = instance_inference(logits[i], mask_pred, cfg.thing_ids,
                                                          test.detections_per_image, things_only=test.panoptic_on)
             results.append(result)
         return results
@@ -294,24 +295,42 @@ def _encode_masks(masks: np.ndarray) -> list[dict]:
     return mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
 
 
-def _decode_masks(instances: dict) -> np.ndarray:
-    """Inverse of the encoding in :func:`_compact`: bool ``[M, H, W]``."""
-    from pycocotools import mask as mask_utils
-
-    if not instances["rle"]:
-        return np.zeros((len(instances["which"]), *instances["size"]), dtype=bool)
-    distinct = mask_utils.decode(instances["rle"]).transpose(2, 0, 1).astype(bool)
-    return distinct[instances["which"]]
-
-
 # ----------------------------------------------------------------------------- stage 3: score (CPU)
+
+
+def semantic_cells(confusion: SemanticConfusion) -> str:
+    """The non-zero cells of an image's confusion matrix ``[gt, pred]`` as JSON: ``cells`` (flat index
+    ``gt * K + pred``) and ``counts`` (pixels), int lists. An image touches few classes, so this is tens
+    of numbers where the dense matrix holds K^2 (17,689 on COCO). JSON, like ``pq_stat``: a list column
+    comes back from Ray Data as a pandas ArrowDtype that ``pandas.read_parquet`` cannot restore."""
+    flat = confusion.matrix.reshape(-1)
+    cells = np.flatnonzero(flat)
+    return json.dumps({"cells": cells.astype(np.int64).tolist(), "counts": flat[cells].astype(np.int64).tolist()})
+
+
+def instance_record(things: dict, instances: dict) -> str:
+    """An image's mask-AP inputs as JSON: ``size [H, W]``; ``detections``: one COCO RLE ``counts``
+    string per detection, ``scores``, ``classes``; ``truth``: RLE ``counts``, ``classes``, ``iscrowd``
+    of the ground-truth things. :func:`ecom2f.steps.evaluate.summary.mask_ap_of` decodes the masks and
+    feeds ``MaskAPEvaluator.update``, which sees exactly the masks the scorer saw."""
+    truth_rles = _encode_masks(unpack_masks(things["masks"]))
+    return json.dumps({
+        "size": [int(v) for v in instances["size"]],
+        "detections": {"counts": [instances["rle"][j]["counts"].decode("ascii") for j in instances["which"]],
+                       "scores": np.asarray(instances["scores"], np.float64).tolist(),
+                       "classes": np.asarray(instances["classes"], np.int64).tolist()},
+        "truth": {"counts": [rle["counts"].decode("ascii") for rle in truth_rles],
+                  "classes": np.asarray(things["classes"], np.int64).tolist(),
+                  "iscrowd": np.asarray(things["iscrowd"], np.int64).tolist()},
+    })
 
 
 class EvalScorer:
     """``index, truth, result`` -> one row per (image, variant): ``image_id, variant, kind, depth,
     image_pq, pq_stat`` (JSON of the image's :class:`PQStat`), ``seconds``, ``encoder_gflops``,
-    ``total_gflops``, ``difficulty`` and, for the semantic / instance tasks, pickled
-    ``semantic_state`` / ``instance_state`` accumulators.
+    ``total_gflops``, ``difficulty`` and, for the semantic task, ``semantic`` (:func:`semantic_cells`),
+    for the instance task ``instances`` (:func:`instance_record`): int arrays and RLE strings in JSON,
+    never pickles, so the rows stay readable data.
 
     ``scoring``: :func:`eval_scoring` of the dataset's metadata.
     """
@@ -341,20 +360,11 @@ class EvalScorer:
             if "semantic" in self.scoring["tasks"]:
                 confusion = SemanticConfusion(len(self.categories), ignore_index=self.scoring["ignore_label"])
                 confusion.update(result["semantic"], truth["semantic"])
-                row["semantic_state"] = pickle.dumps(confusion)
+                row["semantic"] = semantic_cells(confusion)
             if "instance" in self.scoring["tasks"]:
-                row["instance_state"] = pickle.dumps(self._instance_accumulator(truth["things"], result["instances"]))
+                row["instances"] = instance_record(truth["things"], result["instances"])
             rows.append(row)
         return rows
-
-    def _instance_accumulator(self, things: dict, instances: dict) -> MaskAPEvaluator:
-        evaluator = MaskAPEvaluator(category_ids=self.scoring["thing_classes"])
-        evaluator.update(
-            {"masks": _decode_masks(instances), "scores": instances["scores"],
-             "classes": instances["classes"]},
-            {"masks": unpack_masks(things["masks"]), "classes": things["classes"], "iscrowd": things["iscrowd"]},
-        )
-        return evaluator
 
 
 def merge_pq(stats_json: Sequence[str]) -> PQStat:

@@ -8,17 +8,18 @@ step 3's table-only estimate measures).
 
 from __future__ import annotations
 
+import json
 import math
-import pickle
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 from ecom2f import tradeoff
+from ecom2f.evaluation import MaskAPEvaluator, SemanticConfusion
 from ecom2f.steps.evaluate.stages import merge_pq
 
-__all__ = ["ORACLE_BETAS", "oracle_rows", "summarize"]
+__all__ = ["ORACLE_BETAS", "mask_ap_of", "miou_of", "oracle_rows", "summarize"]
 
 _FLOAT_COLUMNS = ("image_pq", "seconds", "encoder_gflops", "total_gflops", "difficulty")
 
@@ -63,6 +64,45 @@ def oracle_rows(rows: pd.DataFrame, beta: float = 0.0, name: str | None = None) 
         variant=label, kind="oracle" if beta == 0 else "oracle_curve", seconds=math.nan)
 
 
+def miou_of(rows: pd.DataFrame, num_classes: int) -> float:
+    """mIoU of the images in ``rows`` from their confusion cells (``semantic`` JSON:
+    :func:`ecom2f.steps.evaluate.stages.semantic_cells`), summed into one ``[K, K]`` matrix."""
+    records = [json.loads(text) for text in rows["semantic"]]
+    flat = np.zeros(num_classes * num_classes, np.int64)
+    if records:
+        np.add.at(flat, np.concatenate([np.asarray(r["cells"], np.int64) for r in records]),
+                  np.concatenate([np.asarray(r["counts"], np.int64) for r in records]))
+    confusion = SemanticConfusion(num_classes, ignore_index=-1)  # ignored pixels never reached the cells
+    confusion.matrix = flat.reshape(num_classes, num_classes)
+    return float(confusion.summary()["mIoU"])
+
+
+def _masks(size: list[int], counts: list[str]) -> np.ndarray:
+    """bool ``[M, H, W]`` from COCO RLE ``counts`` strings of masks of ``size [H, W]``."""
+    from pycocotools import mask as mask_utils
+
+    if not counts:
+        return np.zeros((0, *size), dtype=bool)
+    rles = [{"size": list(size), "counts": c.encode("ascii")} for c in counts]
+    return mask_utils.decode(rles).transpose(2, 0, 1).astype(bool)
+
+
+def mask_ap_of(rows: pd.DataFrame, thing_classes: Sequence[int]) -> float:
+    """COCO mask AP of the images in ``rows`` (their ``instances`` JSON:
+    :func:`ecom2f.steps.evaluate.stages.instance_record`), over the ``thing_classes``."""
+    evaluator = MaskAPEvaluator(category_ids=list(thing_classes))
+    for text in rows["instances"]:
+        record = json.loads(text)
+        detections, truth = record["detections"], record["truth"]
+        evaluator.update(
+            {"masks": _masks(record["size"], detections["counts"]), "scores": np.asarray(detections["scores"]),
+             "classes": np.asarray(detections["classes"], np.int64)},
+            {"masks": _masks(record["size"], truth["counts"]), "classes": np.asarray(truth["classes"], np.int64),
+             "iscrowd": np.asarray(truth["iscrowd"], np.int64)},
+        )
+    return float(evaluator.compute()["AP"])
+
+
 def _variant_metrics(group: pd.DataFrame, categories: dict, num_things: int, tasks: Sequence[str]) -> dict:
     summary = merge_pq(group["pq_stat"]).summary(categories)
     metrics = {
@@ -78,15 +118,10 @@ def _variant_metrics(group: pd.DataFrame, categories: dict, num_things: int, tas
         "mean_total_gflops": float(group["total_gflops"].mean()),
         "seconds_per_image": float(group["seconds"].mean()),
     }
-    if "semantic" in tasks and "semantic_state" in group:
-        confusions = [pickle.loads(b) for b in group["semantic_state"]]
-        metrics["miou"] = float(sum(confusions[1:], confusions[0]).summary()["mIoU"])
-    if "instance" in tasks and "instance_state" in group:
-        evaluators = [pickle.loads(b) for b in group["instance_state"]]
-        merged = evaluators[0]
-        for other in evaluators[1:]:
-            merged.merge(other)
-        metrics["mask_ap"] = float(merged.compute()["AP"])
+    if "semantic" in tasks and "semantic" in group:
+        metrics["miou"] = miou_of(group, len(categories))
+    if "instance" in tasks and "instances" in group:
+        metrics["mask_ap"] = mask_ap_of(group, sorted(k for k, v in categories.items() if v.get("isthing")))
     return metrics
 
 
