@@ -3,6 +3,10 @@
 A model stage never ships mask logits: masks travel at 1 bit per pixel (:func:`pack_masks`) and
 label maps (panoptic ids, classes) in the smallest unsigned type that holds them
 (:func:`compact_labels`), inside one pickled cell per image (:func:`pack`).
+
+Pickle is safe here for the reason Ray's own object transfer (which pickles too) is: a cell is
+made and read by this code inside one job and never stored; artifacts a later step or a user
+reads (parquet rows, JSON accumulators, weights) hold no pickles.
 """
 
 from __future__ import annotations

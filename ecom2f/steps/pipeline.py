@@ -1,7 +1,9 @@
 """The whole of ECO-M2F in one call: parent -> depth table -> gates -> evaluation -> report.
 
 Each step is skipped when its artifact is complete, so rerunning after an interruption (or
-with a step's output deleted) resumes where the run stopped. A step that has to run while a
+with a step's output deleted) resumes where the run stopped. The pipeline holds the run's lease
+(:mod:`ecom2f.storage.lease`) from start to end: a second pipeline or step on the same run
+refuses at start, naming this one. A step that has to run while a
 later step is complete is refused before any work (the later artifact came from the output
 the step would replace); delete the later folders or use another run:
 
@@ -26,7 +28,7 @@ import pandas as pd
 from ecom2f import storage
 from ecom2f.config import Config
 from ecom2f.errors import StaleRunError
-from ecom2f.steps.runs import open_run
+from ecom2f.steps.runs import writing_run
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +134,11 @@ def run_pipeline(config: Config, steps: tuple[Step, ...] = STEPS, echo: Callable
     from ecom2f.steps.evaluate.job import absolute_local_paths
 
     config = absolute_local_paths(config)  # every step's Ray workers see the same folders
-    open_run(config)
-    config.storage.layout().create()
+    with writing_run(config):  # one lease for the whole pipeline; its steps hold it again, re-entrantly
+        return _run_steps(config, steps, echo)
+
+
+def _run_steps(config: Config, steps: tuple[Step, ...], echo: Callable[[str], None]) -> PipelineResult:
     complete = [storage.exists(step.marker(config)) for step in steps]
     _check_no_stale_artifacts(steps, complete, config)
     result = PipelineResult()

@@ -6,10 +6,14 @@
 | ``s3.py`` | the boto3 client and pyarrow S3 filesystem, with one endpoint / retry resolution |
 | ``preflight.py`` | the start-of-job probe of a storage root |
 | ``layout.py`` | :class:`RunLayout`: where a run keeps each artifact |
+| ``checksums.py`` | the checksums a step's manifest records, and the check every later read makes |
+| ``lease.py`` | one writer per run: the lease a job takes at start and keeps alive while it runs |
 | ``errors.py`` | the exceptions, each naming the URI and what to check |
 """
 
 from ecom2f.storage.errors import (
+    CorruptArtifactError,
+    RunLockedError,
     StorageBucketNotFoundError,
     StorageConnectionError,
     StorageCredentialsError,
@@ -56,7 +60,9 @@ def configure(options: S3Options) -> dict[str, str]:
 
 __all__ = [
     "DEFAULT_OPTIONS",
+    "CorruptArtifactError",
     "RunLayout",
+    "RunLockedError",
     "S3Options",
     "StorageBucketNotFoundError",
     "StorageConnectionError",

@@ -35,3 +35,15 @@ class StoragePreflightError(StorageError):
 
 class StorageNotSharedError(StorageError):
     """A local storage root on a Ray cluster of several nodes, not declared a shared filesystem."""
+
+
+class CorruptArtifactError(StorageError):
+    """An artifact's bytes differ from the checksum its step's manifest recorded (truncated or altered)."""
+
+
+class RunLockedError(StorageError):
+    """Another job holds the run's lease (one writer per run); the message names the holder and what to do."""
+
+
+class StorageConflictError(StorageError):
+    """A conditional write found the object created or changed by someone else since it was read."""

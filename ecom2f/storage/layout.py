@@ -6,7 +6,9 @@ written last, after everything else of the step.
 
     <root>/<run>/
       config.yaml                      the resolved configuration
+      _LEASE.json                      the lease of the job writing the run (storage/lease.py)
       parent/model_final.pth           step 1: the parent's fp32 weights
+      parent/_SUCCESS.json             step 1: its manifest (the weights' checksum), written last
       parent/train/checkpoint_*/       step 1: Ray Train checkpoints
       parent/metrics/, tensorboard/    step 1: training metrics
       depth/                           step 2: the depth table (rows/, features/), _SUCCESS.json
@@ -24,7 +26,9 @@ from pathlib import Path
 from ecom2f.storage.files import is_s3, join
 
 SUCCESS = "_SUCCESS.json"
+LEASE = "_LEASE.json"
 PARENT_WEIGHTS = "model_final.pth"
+PARENT_CLASSES = "classes.json"  # the classes' names and things, when a run was converted from a checkpoint
 GATE_WEIGHTS = "gate.pt"
 GATE_METADATA = "gate.json"
 # Beside a trial's gate files in each Ray Tune checkpoint: what resumes the trial exactly.
@@ -74,10 +78,26 @@ class RunLayout:
     def config(self) -> str:
         return join(self.run_uri, "config.yaml")
 
+    @property
+    def lease(self) -> str:
+        """The lease of the one job that writes the run (:mod:`ecom2f.storage.lease`)."""
+        return join(self.run_uri, LEASE)
+
     # ----------------------------------------------------------------- step 1
     @property
     def parent_weights(self) -> str:
         return join(self.parent, PARENT_WEIGHTS)
+
+    @property
+    def parent_classes(self) -> str:
+        """The parent's class names and thing ids (:class:`ecom2f.modeling.class_info.ClassInfo`),
+        written when the run was made from a checkpoint that names its classes (``ecom2f convert``)."""
+        return join(self.parent, PARENT_CLASSES)
+
+    @property
+    def parent_success(self) -> str:
+        """Step 1's manifest, written after the weights: their checksum, the checkpoint they came from."""
+        return join(self.parent, SUCCESS)
 
     @property
     def parent_train_name(self) -> str:

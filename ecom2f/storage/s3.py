@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from ecom2f.storage.errors import (
     StorageBucketNotFoundError,
+    StorageConflictError,
     StorageConnectionError,
     StorageCredentialsError,
     StorageError,
@@ -290,7 +291,9 @@ def iter_listing(uri: str, recursive: bool, options: S3Options) -> Iterator[str]
         for common in page.get("CommonPrefixes", []):
             yield f"s3://{bucket}/{common['Prefix']}"
         for item in page.get("Contents", []):
-            if item["Key"] != prefix:  # a zero-byte "folder" marker written by some tools
+            # Zero-byte "folder" markers (the prefix itself, or any key ending in "/", which pyarrow and
+            # some tools write) are no files.
+            if item["Key"] != prefix and not item["Key"].endswith("/"):
                 yield f"s3://{bucket}/{item['Key']}"
 
 
@@ -320,6 +323,42 @@ def object_exists(uri: str, options: S3Options) -> bool:
         raise
     except StorageNotFoundError:
         return False
+
+
+def read_versioned(uri: str, options: S3Options) -> tuple[bytes, str, float] | None:
+    """``(bytes, ETag, age in seconds)`` of the object, or None when there is none. The age is the
+    server's own: its ``Date`` header minus the object's ``LastModified`` (no client clock involved)."""
+    import email.utils
+
+    bucket, key = split_s3_uri(uri)
+    try:
+        response = _call(uri, "read", options, client(options).get_object, Bucket=bucket, Key=key)
+    except StorageBucketNotFoundError:
+        raise
+    except StorageNotFoundError:
+        return None
+    data = _call(uri, "read", options, response["Body"].read)
+    served = response["ResponseMetadata"].get("HTTPHeaders", {}).get("date")
+    now = email.utils.parsedate_to_datetime(served) if served else response["LastModified"]
+    return data, response["ETag"], max(0.0, (now - response["LastModified"]).total_seconds())
+
+
+def put_if(uri: str, data: bytes, options: S3Options, *, absent: bool = False, etag: str | None = None) -> str:
+    """One PUT that S3 applies only if the object is absent (``If-None-Match: *``) or still has
+    ``etag`` (``If-Match``); returns the new ETag. Raises :class:`StorageConflictError` otherwise."""
+    from botocore.exceptions import ClientError
+
+    bucket, key = split_s3_uri(uri)
+    condition = {"IfNoneMatch": "*"} if absent else {"IfMatch": etag}
+    try:
+        return client(options).put_object(Bucket=bucket, Key=key, Body=data, **condition)["ETag"]
+    except ClientError as error:
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey"):
+            raise StorageConflictError(f"{uri} was created or changed by someone else ({code})") from None
+        raise translate_error(error, uri, "write", options) from None
+    except Exception as error:  # botocore's connection errors
+        raise translate_error(error, uri, "write", options) from None
 
 
 def pyarrow_filesystem(uri: str, options: S3Options):

@@ -143,14 +143,14 @@ def test_network_precision_casts_only_under_bf16():
 
 def test_fault_injectors_reach_processes_without_the_tests_package_by_value(tmp_path):
     """Ray workers unpickle what the driver sends; a test module pickled by reference would need the
-    ``tests`` package there. Registered by value (tests.faults.pickle_by_value), the injector loads
+    ``tests`` package there. Registered by value (tests.faults.injectors.pickle_by_value), the injector loads
     in a process that cannot import ``tests``, and still fails once."""
     import subprocess
     import sys
 
     import ray.cloudpickle
 
-    import tests.faults
+    import tests.faults.injectors
 
     marker = tmp_path / "failed"
     load_and_call = ("import pickle, sys\nfault = pickle.loads(sys.stdin.buffer.read())\nfault([0, 1])\n"
@@ -162,7 +162,7 @@ def test_fault_injectors_reach_processes_without_the_tests_package_by_value(tmp_
                               timeout=60)
 
     pickle_by_value()
-    ray.cloudpickle.unregister_pickle_by_value(tests.faults)  # by reference, as without the registration
+    ray.cloudpickle.unregister_pickle_by_value(tests.faults.injectors)  # by reference, as without the registration
     try:
         by_reference = run_elsewhere(ray.cloudpickle.dumps(FailOnceAtIndex(5, str(marker))))
     finally:

@@ -152,7 +152,8 @@ def test_depth_labels_command_trades_off_the_chosen_quality(tmp_path, capsys):
     demo = str(REPO_ROOT / "configs" / "demo_cpu.yaml")
     run = storage.join(str(tmp_path), "demo")
     write_shard(storage.join(run, "depth"), 0, *shard_tables(images, exits), config_hash="crafted")
-    common = ["depth-labels", "--config", demo, "--storage", str(tmp_path), "--betas", "0"]
+    common = ["depth-labels", "--config", demo, "--storage", str(tmp_path),
+              "model.gate.exits=[2,3,4,5,6]", "--betas", "0"]  # the crafted table's exits
     assert main(common) == 2  # the table is not finished until step 2 writes its manifest, last
     assert "is not finished" in capsys.readouterr().err
     storage.write_text(storage.join(run, "depth", SUCCESS), '{"config_hash": "crafted"}')

@@ -32,6 +32,7 @@ SEARCH = [
     "gate.num_samples=2", "gate.betas=[0.0,0.2]", "gate.epochs=10", "gate.batch_size=64",
     "gate.asha.grace_period=2", "gate.poolings=[mean,mean_max]", "gate.hidden_layers=[1]", "gate.widths=[32]",
     "gate.losses=[cross_entropy,soft_cross_entropy]", "gate.lr=[0.003,0.01]", "gate.compute_budgets=[3.0,5.0]",
+    "model.gate.exits=[2,3,4,5,6]",  # the planted table's exits
 ]
 
 

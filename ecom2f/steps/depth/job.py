@@ -6,7 +6,9 @@ through three Ray Data stages (``ecom2f.steps.depth.stages``): CPU loaders, mode
 as soon as all its images are back. Rerunning skips complete shards; a
 batch that fails leaves its shard incomplete, the others are still written, and the job
 fails loudly at the end (rerun to finish). The table is then checked to hold exactly one
-row per (image, exit) and the manifest (``RunLayout.depth_success``) is written last.
+row per (image, exit) and the manifest (``RunLayout.depth_success``, with the checksum of every
+shard file) is written last. The job holds the run's lease from start to end; it reads the
+parent's weights checked against step 1's manifest.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from ecom2f.steps.depth.stages import (
 )
 from ecom2f.steps.depth.table import (
     DEPTH_SCHEMA_VERSION,
+    RERUN_STEP2,
     DepthTable,
     DepthTableError,
     completed_shards,
@@ -47,7 +50,8 @@ from ecom2f.steps.depth.table import (
     write_shard,
 )
 from ecom2f.steps.ray_cluster import init_ray, load_model_score
-from ecom2f.steps.runs import open_run
+from ecom2f.steps.runs import writing_run
+from ecom2f.storage.checksums import CHECKSUMS, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -71,29 +75,37 @@ def _shard_positions(shard: int, shard_size: int, num_images: int) -> range:
     return range(shard * shard_size, min((shard + 1) * shard_size, num_images))
 
 
-def _prepare(config: Config):
+def _prepare(config: Config, layout):
+    """``(weights_uri, the weights' SHA-256, number of images, scoring)``; the weights are checked
+    against step 1's manifest."""
     from ecom2f.steps.datasets import ensure_synthetic_data
+    from ecom2f.steps.parent.job import read_parent_weights
 
-    layout = open_run(config)
     weights_uri = layout.parent_weights
     if not storage.exists(weights_uri):
         raise MissingStepError(f"step 2 needs the parent weights at {weights_uri}; run step 1 first "
                                 f"(`ecom2f train-parent` with the same --config/--storage)")
+    weights_sha256 = hashlib.sha256(read_parent_weights(layout)).hexdigest()
     ensure_synthetic_data(config)
     dataset = depth_dataset(config)
-    return layout, weights_uri, len(dataset), depth_scoring(dataset.metadata)
+    return weights_uri, weights_sha256, len(dataset), depth_scoring(dataset.metadata)
 
 
 def build_depth_dataset(config: Config, fault: Fault | None = None) -> str:
     """Step 2; returns the table's URI (``<run>/depth``). ``fault``: a callable the model actors run
     on each batch's dataset positions before the network (fault-injection tests)."""
-    layout, weights_uri, num_images, scoring = _prepare(config)
+    with writing_run(config) as layout:
+        return _build(config, layout, fault)
+
+
+def _build(config: Config, layout, fault: Fault | None) -> str:
+    weights_uri, weights_sha256, num_images, scoring = _prepare(config, layout)
     depth_uri = layout.depth
     # The weights' contents, not only their path: a parent retrained into the same run must not
     # pass for the one an existing table was computed with.
-    config_hash = depth_config_hash(config, weights_uri, hashlib.sha256(storage.read_bytes(weights_uri)).hexdigest())
-    if storage.exists(layout.depth_success):
-        manifest = json.loads(storage.read_text(layout.depth_success))
+    config_hash = depth_config_hash(config, weights_uri, weights_sha256)
+    manifest = read_manifest(layout.depth_success, RERUN_STEP2)
+    if manifest is not None:
         if manifest.get("config_hash") == config_hash:
             log.info("step 2 is complete (%s); nothing to compute", layout.depth_success)
             return depth_uri
@@ -107,15 +119,16 @@ def build_depth_dataset(config: Config, fault: Fault | None = None) -> str:
              num_images, num_shards, shard_size, len(done), len(todo), exits)
     if todo:
         _run_shards(config, weights_uri, depth_uri, config_hash, todo, num_images, scoring, fault)
-    table = read_depth_table(depth_uri)
+    digests: dict[str, dict] = {}  # the checksums of exactly the bytes verified here
+    table = read_depth_table(depth_uri, digests=digests)
     verify_depth_table(table, num_images, exits)
-    _write_manifest(config, layout.depth_success, config_hash, weights_uri, table, num_shards)
+    _write_manifest(config, layout.depth_success, config_hash, weights_uri, table, num_shards, digests)
     print(format_labels_summary(labels_summary(table, config.gate.betas, exits=config.model.gate.exits)))
     return depth_uri
 
 
 def _write_manifest(config: Config, uri: str, config_hash: str, weights_uri: str, table: DepthTable,
-                    num_shards: int) -> None:
+                    num_shards: int, digests: dict[str, dict]) -> None:
     """The manifest (``RunLayout.depth_success``), written last: what the table holds and what it was computed from."""
     manifest = {
         "schema_version": DEPTH_SCHEMA_VERSION, "config_hash": config_hash, "num_images": len(table),
@@ -124,6 +137,7 @@ def _write_manifest(config: Config, uri: str, config_hash: str, weights_uri: str
         "channels": config.model.pixel_decoder.conv_dim, "weights_uri": weights_uri,
         "dataset": dataset_spec(config.depth.dataset or config.data.train), "precision": config.depth.precision,
         "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        CHECKSUMS: dict(sorted(digests.items())),
     }
     storage.write_text(uri, json.dumps(manifest, indent=2))
 
@@ -144,8 +158,7 @@ def _pipeline(config: Config, weights_uri: str, items: list[dict], scoring: dict
 
 def _run_shards(config: Config, weights_uri: str, depth_uri: str, config_hash: str, todo: list[int],
                 num_images: int, scoring: dict, fault: Fault | None) -> None:
-    from tqdm import tqdm
-
+    # Progress: Ray Data's own bars (per stage), and one line per shard written.
     init_ray(config.ray.address)
     shard_size, exits = config.depth.shard_size, config.depth_exits
     expected = {s: len(_shard_positions(s, shard_size, num_images)) for s in todo}
@@ -155,26 +168,25 @@ def _run_shards(config: Config, weights_uri: str, depth_uri: str, config_hash: s
     failed: dict[int, str] = {}
     finished: set[int] = set()
     written = 0
-    with tqdm(total=len(items), desc="step 2 images", unit="img") as progress:
-        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            for i, position in enumerate(batch["index"].tolist()):
-                progress.update(1)
-                if batch["error"][i]:
-                    failed[position] = str(batch["error"][i])
-                    continue
-                shard = position // shard_size
-                if shard in finished:  # a repeated delivery (a retried task): already written
-                    continue
-                pending[shard][position] = {name: values[i] for name, values in batch.items()}
-                if len(pending[shard]) == expected[shard]:
-                    images = {name: np.stack([image[name] for image in pending[shard].values()])
-                              for name in batch if name != "error"}
-                    rows, features = shard_tables(images, exits)
-                    write_shard(depth_uri, shard, rows, features, config_hash)
-                    del pending[shard]
-                    finished.add(shard)
-                    written += 1
-                    progress.set_postfix(shards=f"{written}/{len(todo)}")
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        for i, position in enumerate(batch["index"].tolist()):
+            if batch["error"][i]:
+                failed[position] = str(batch["error"][i])
+                continue
+            shard = position // shard_size
+            if shard in finished:  # a repeated delivery (a retried task): already written
+                continue
+            pending[shard][position] = {name: values[i] for name, values in batch.items()}
+            if len(pending[shard]) == expected[shard]:
+                images = {name: np.stack([image[name] for image in pending[shard].values()])
+                          for name in batch if name != "error"}
+                rows, features = shard_tables(images, exits)
+                write_shard(depth_uri, shard, rows, features, config_hash)
+                del pending[shard]
+                finished.add(shard)
+                written += 1
+                log.info("step 2: shard %d written (%d images); %d/%d shards of this run done", shard,
+                         expected[shard], written, len(todo))
     if failed or pending:
         incomplete = sorted(set(pending) | {p // shard_size for p in failed})
         first = next(iter(failed.values()), "images went missing without an error")

@@ -261,7 +261,7 @@ class AllExitsModel:
         test = self.model.config.test
         logits = prediction["pred_logits"][0]
         masks = resize_masks_to_input(prediction["pred_masks"][0], padded, tuple(image_size), tuple(orig_size))
-        ids, segments = panoptic_inference(logits, masks, self.model.config.num_things,
+        ids, segments = panoptic_inference(logits, masks, self.model.config.thing_ids,
                                            test.object_mask_threshold, test.overlap_threshold)
         semantic = semantic_inference(logits, masks).argmax(0).cpu().numpy() if self.semantic else None
         return {"ids": compact_labels(ids.cpu().numpy()),

@@ -5,7 +5,7 @@ Layout under ``<run>/depth/``::
     rows/part-00000.parquet       one row per (image, exit)   (ROWS_SCHEMA)
     features/part-00000.parquet   one row per image           (FEATURES_SCHEMA)
     (manifest)                    RunLayout.depth_success, written last by the job: counts, exits, schema
-                                  version, config hash
+                                  version, config hash, and the size and SHA-256 of every shard file
 
 A shard holds the dataset positions ``[shard * shard_size, (shard + 1) * shard_size)``. Its
 features file is written before its rows file, each in one atomic write (single PUT on S3,
@@ -13,7 +13,10 @@ temp name + rename locally), so a rows file that exists marks a complete shard.
 
 :func:`read_depth_table` is how every consumer (step 2's own check, the labels, the gate, the
 report, ``ecom2f depth-labels``) reads the table: it checks the schema version of every file,
-then pivots the rows into a :class:`DepthTable` of dense ``[images, exits]`` arrays.
+then pivots the rows into a :class:`DepthTable` of dense ``[images, exits]`` arrays. Once step 2
+has finished, every file is also checked against the checksum its manifest records: a shard
+truncated or altered afterwards fails with :class:`~ecom2f.storage.errors.CorruptArtifactError`,
+naming the file and what to rerun.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import re
 from collections.abc import Sequence
 
@@ -34,6 +38,9 @@ import pyarrow.parquet as pq
 from ecom2f import storage, tradeoff
 from ecom2f.config.data import dataset_spec
 from ecom2f.errors import MissingStepError, UserError
+from ecom2f.storage import checksums
+from ecom2f.storage.errors import CorruptArtifactError
+from ecom2f.storage.layout import SUCCESS
 
 __all__ = [
     "DEPTH_SCHEMA_VERSION",
@@ -74,7 +81,11 @@ QUALITIES = ("pq", "sq", "rq", "pq_things", "pq_stuff", "miou")
 PER_EXIT = ("loss", *QUALITIES, "num_pred_segments", "encoder_gflops")  # [images, exits] in a DepthTable
 PER_IMAGE = ("num_gt_segments", "difficulty", "dataset_index", "height", "width")  # [images]
 FEATURE_KINDS = {"mean": "gate_mean", "max": "gate_max", "grid": "gate_grid"}  # kind -> features column
+log = logging.getLogger(__name__)
 _PART = re.compile(r"part-(\d{5,})\.parquet$")
+# What to do about a damaged shard of a finished table.
+RERUN_STEP2 = ("delete that file and the table's manifest (depth/_SUCCESS.json) and rerun step 2 (`ecom2f build-depth` "
+               "with the same --config/--storage): it recomputes only the shards that are missing")
 
 
 class DepthTableError(UserError, ValueError):
@@ -169,7 +180,11 @@ def completed_shards(depth_uri: str, config_hash: str) -> set[int]:
     """Shards whose rows file exists; raises if one was written under another configuration."""
     done = set()
     for shard, uri in _parts(depth_uri, "rows").items():
-        metadata = pq.read_schema(io.BytesIO(storage.read_bytes(uri))).metadata or {}
+        try:
+            metadata = pq.read_schema(io.BytesIO(storage.read_bytes(uri))).metadata or {}
+        except pa.ArrowInvalid as error:  # damaged since it was written: computed again, and overwritten
+            log.warning("%s is not a readable parquet file (%s); its shard is computed again", uri, error)
+            continue
         found = metadata.get(HASH_KEY, b"?").decode()
         if found != config_hash:
             raise DepthTableError(
@@ -191,9 +206,13 @@ def _version_error(uri: str, found) -> DepthTableError:
     )
 
 
-def _read_part(uri: str, kind: str) -> pa.Table:
-    """One shard file, after checking that it is of this schema version."""
-    table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+def _read_part(uri: str, kind: str, reading: _Reading) -> pa.Table:
+    """One shard file, after checking its checksum and that it is of this schema version."""
+    data = reading.check(uri, storage.read_bytes(uri))
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except pa.ArrowInvalid as error:
+        raise CorruptArtifactError(f"{uri} is not a readable parquet file ({error}); {RERUN_STEP2}") from None
     stamped = (table.schema.metadata or {}).get(VERSION_KEY)
     if stamped is not None and stamped.decode() != str(DEPTH_SCHEMA_VERSION):
         raise _version_error(uri, stamped.decode())
@@ -206,29 +225,54 @@ def _read_part(uri: str, kind: str) -> pa.Table:
     return table
 
 
-def _read_tables(uri: str, features: bool) -> tuple[pa.Table, pa.Table | None]:
-    """``(rows, features or None)`` of every shard at ``uri``, each file version-checked."""
+class _Reading:
+    """How a table's files are read: checked against the checksums of its manifest (when step 2 has
+    written one), and with ``digests`` given, each file's digest recorded there (for the manifest)."""
+
+    def __init__(self, depth_uri: str, digests: dict | None) -> None:
+        self.manifest_uri = storage.join(depth_uri, SUCCESS)
+        self.recorded = checksums.recorded(checksums.read_manifest(self.manifest_uri, RERUN_STEP2), self.manifest_uri)
+        self.digests = digests
+
+    def check_listed(self, found: list[str], kind: str) -> None:
+        checksums.check_listed(self.manifest_uri, self.recorded, found, f"{kind}/", RERUN_STEP2)
+
+    def check(self, uri: str, data: bytes) -> bytes:
+        name = checksums.relative_name(self.manifest_uri, uri)
+        if self.digests is not None:
+            self.digests[name] = checksums.digest(data)
+        expected = None if self.recorded is None else self.recorded[name]
+        return checksums.verify(uri, data, expected, self.manifest_uri, RERUN_STEP2)
+
+
+def _read_tables(uri: str, features: bool, digests: dict | None = None) -> tuple[pa.Table, pa.Table | None]:
+    """``(rows, features or None)`` of every shard at ``uri``, each file checksum- and version-checked."""
+    reading = _Reading(uri, digests)
     rows_parts = _parts(uri, "rows")
     if not rows_parts:
         raise MissingStepError(f"no depth table at {uri} (no rows/part-*.parquet); run step 2 first "
                                "(`ecom2f build-depth` with the same --config/--storage)")
-    rows = pa.concat_tables([_read_part(rows_parts[s], "rows") for s in sorted(rows_parts)])
+    reading.check_listed(list(rows_parts.values()), "rows")
+    rows = pa.concat_tables([_read_part(rows_parts[s], "rows", reading) for s in sorted(rows_parts)])
     if not features:
         return rows, None
-    feature_parts = _parts(uri, "features")
-    tables = [_read_part(feature_parts[s], "features") for s in sorted(feature_parts) if s in rows_parts]
+    feature_parts = {s: part for s, part in _parts(uri, "features").items() if s in rows_parts}
+    reading.check_listed(list(feature_parts.values()), "features")
+    tables = [_read_part(feature_parts[s], "features", reading) for s in sorted(feature_parts)]
     return rows, (pa.concat_tables(tables) if tables else FEATURES_SCHEMA.empty_table())
 
 
-def read_depth_table(uri: str, features: bool = True) -> DepthTable:
+def read_depth_table(uri: str, features: bool = True, digests: dict | None = None) -> DepthTable:
     """The depth table at ``uri`` (``<run>/depth``, local or s3://) as a :class:`DepthTable`.
 
-    Every file's schema version is checked (another version: a :class:`DepthTableError` saying to
+    Every file is checked against the checksum in the table's manifest (once step 2 has written
+    it) and its schema version is checked (another version: a :class:`DepthTableError` saying to
     rebuild step 2), then the table must hold exactly one row per (image, exit) and, with
     ``features``, one feature row per image. ``features=False`` skips the gate features (the
-    largest part: ``G*G*C`` floats per image), for the labels and the report.
+    largest part: ``G*G*C`` floats per image), for the labels and the report. ``digests``: a dict
+    that receives each file's checksum (step 2 records them in the manifest).
     """
-    rows, feature_table = _read_tables(uri, features)
+    rows, feature_table = _read_tables(uri, features, digests)
     return DepthTable.from_rows(rows, feature_table, where=uri)
 
 

@@ -69,6 +69,10 @@ def gate_trainable(trial_config: dict, table: GateTable, train_rows: np.ndarray,
     from ray import tune
 
     torch.set_num_threads(1)  # one CPU per trial; more threads only contend
+    # One INFO line per epoch and trial ("Checkpoint successfully created at ...") would bury the search's output.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    # The object store hands out read-only arrays; torch warns on (and must not write to) them.
+    train_rows, val_rows = np.array(train_rows), np.array(val_rows)
     trial = GateTrial.from_dict(trial_config)
     resume = None
     checkpoint = tune.get_checkpoint()
@@ -107,8 +111,28 @@ def _new_tuner(config: Config, trainable, storage_path: str, filesystem):
         run_config=tune.RunConfig(
             name=config.storage.layout().gates_tune_name, storage_path=storage_path, storage_filesystem=filesystem,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=0,  # no trial status tables: step 3 logs its own summary
         ),
     )
+
+
+# AWS credentials Ray Tune copies from the driver's environment into every trial's runtime_env.
+CREDENTIAL_VARIABLES = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN",
+                                  "AWS_SESSION_TOKEN"})
+
+
+def keep_credentials_out_of_runtime_envs() -> None:
+    """Stops Ray Tune from putting the driver's AWS credentials in its trials' runtime_env.
+
+    Ray 2.60's Tune copies them there (``ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE``),
+    and Ray's runtime-env agent logs every runtime_env it creates in plain text
+    (``<session>/logs/runtime_env_agent.log``): the secret key would be on every node's disk. The
+    trials then take their credentials as every other Ray worker of ecom2f does (steps 1 and 2:
+    the node's environment or instance role), and the run's S3 settings from ``worker_config``.
+    """
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = frozenset(class_cache.ENV_VARS_TO_PROPAGATE) - CREDENTIAL_VARIABLES
 
 
 def run_search(config: Config, table: GateTable, train_rows: np.ndarray, val_rows: np.ndarray):
@@ -118,6 +142,7 @@ def run_search(config: Config, table: GateTable, train_rows: np.ndarray, val_row
     from ecom2f.steps.ray_cluster import init_ray
 
     init_ray(config.ray.address)
+    keep_credentials_out_of_runtime_envs()
     layout = config.storage.layout()
     filesystem, storage_path = storage.pyarrow_filesystem(layout.gates)
     trainable = tune.with_resources(

@@ -6,6 +6,11 @@ the per-exit loss sums, the world size and ZeRO stage the checkpoint was taken w
 enough to check before DeepSpeed loads anything. The RNG streams differ per rank (each rank
 augments its own images), so every rank also writes its own ``rank_<r>.pt``; Ray Train
 merges the ranks' folders into one checkpoint.
+
+Every rank seals its part last (:func:`seal_checkpoint`): ``checksums_rank_<r>.json`` lists the
+size and SHA-256 of each file it wrote. A restore checks them first (:func:`checkpoint_problems`):
+a checkpoint truncated or altered in storage, or missing a rank's part, is not loaded, and the
+run falls back to the one before (:func:`restore_newest_intact`).
 """
 
 from __future__ import annotations
@@ -14,20 +19,28 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Iterable
 
 import torch
 
 from ecom2f.errors import UserError
+from ecom2f.storage.checksums import file_digest
 
 log = logging.getLogger(__name__)
 
 # Tag of the DeepSpeed state inside every checkpoint folder.
 DEEPSPEED_TAG = "state"
 TRAIN_STATE_FILE = "train_state.json"
+# train_state.json's "format": 2 = every rank sealed its part with a checksums file.
+SEALED_FORMAT = 2
 
 
 def rank_state_file(rank: int) -> str:
     return f"rank_{rank}.pt"
+
+
+def checksums_file(rank: int) -> str:
+    return f"checksums_rank_{rank}.json"
 
 
 @dataclasses.dataclass
@@ -44,7 +57,7 @@ class TrainState:
     def to_json(self) -> str:
         fields = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
         del fields["resumed_from"]
-        return json.dumps(fields, indent=2)
+        return json.dumps({**fields, "format": SEALED_FORMAT}, indent=2)
 
     @classmethod
     def from_json(cls, text: str, resumed_from: int) -> TrainState:
@@ -91,6 +104,74 @@ def save_checkpoint(engine, state: TrainState, rank: int, device: torch.device, 
     if device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(device)
     torch.save(rng, os.path.join(directory, rank_state_file(rank)))
+
+
+def seal_checkpoint(directory: str, rank: int) -> None:
+    """Written last by every rank: the size and SHA-256 of each file this rank put in ``directory``."""
+    own = checksums_file(rank)
+    files = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, directory).replace(os.sep, "/")
+            if relative != own:
+                files[relative] = file_digest(path)
+    with open(os.path.join(directory, own), "w") as f:
+        json.dump(files, f, indent=1, sort_keys=True)
+
+
+def checkpoint_problems(directory: str) -> list[str]:
+    """Why the (merged) checkpoint folder cannot be trusted, or ``[]``: the train state unreadable, a
+    rank's checksums missing, a file missing or different from its checksum. A checkpoint of an
+    ecom2f before checksums (no ``format`` in its train state) is trusted as it is."""
+    try:
+        with open(os.path.join(directory, TRAIN_STATE_FILE)) as f:
+            saved = json.load(f)
+        world_size = int(saved["world_size"])
+    except FileNotFoundError:
+        return [f"no {TRAIN_STATE_FILE}"]
+    except (ValueError, KeyError, TypeError) as error:
+        return [f"{TRAIN_STATE_FILE} is unreadable ({type(error).__name__})"]
+    if int(saved.get("format", 1)) < SEALED_FORMAT:
+        return []
+    problems = []
+    for rank in range(world_size):
+        try:
+            with open(os.path.join(directory, checksums_file(rank))) as f:
+                listed = json.load(f)
+        except (OSError, ValueError):
+            problems.append(f"{checksums_file(rank)} is missing or unreadable")
+            continue
+        for relative, expected in sorted(listed.items()):
+            path = os.path.join(directory, relative)
+            if not os.path.isfile(path):
+                problems.append(f"{relative} is missing")
+            elif file_digest(path) != expected:
+                problems.append(f"{relative} differs from its checksum ({os.path.getsize(path)} of "
+                                f"{expected['bytes']} bytes)")
+    return problems
+
+
+def restore_newest_intact(engine, candidates: Iterable[str], rank: int, world_size: int, zero_stage: int,
+                          seed: int, device: torch.device) -> TrainState:
+    """Restores the first intact checkpoint of ``candidates`` (local folders, newest first); a fresh
+    state when there is none at all. Raises :class:`ResumeError` when every checkpoint is damaged:
+    starting over silently would throw the run's training away."""
+    rejected = []
+    for directory in candidates:
+        problems = checkpoint_problems(directory)
+        if not problems:
+            if rejected:
+                log.warning("rank %d falls back to %s: the newer checkpoint(s) are damaged: %s", rank, directory,
+                            "; ".join(rejected))
+            return restore_checkpoint(engine, directory, rank, world_size, zero_stage, seed, device)
+        rejected.append(f"{directory}: {', '.join(problems[:3])}")
+        log.warning("rank %d: checkpoint %s is damaged (%s); trying the one before", rank, directory,
+                    ", ".join(problems[:3]))
+    if rejected:
+        raise ResumeError(f"every step-1 checkpoint is damaged ({'; '.join(rejected)}); delete the run's "
+                          "parent/train/ folder to train from the start, or restore the files")
+    return restore_checkpoint(engine, None, rank, world_size, zero_stage, seed, device)
 
 
 def restore_checkpoint(engine, directory: str | None, rank: int, world_size: int, zero_stage: int,

@@ -19,9 +19,9 @@ from ecom2f.engine.exits import ExitSampler
 from ecom2f.modeling import build_model, normalize_batch
 from ecom2f.steps.parent.build import ParentTrainer, build_trainer
 from ecom2f.steps.parent.loader import to_device, training_batches
-from ecom2f.steps.parent.progress import LossWindow
+from ecom2f.steps.parent.progress import LossWindow, window_loss_metrics
 from ecom2f.steps.parent.session import TrainingSession
-from ecom2f.steps.parent.state import TrainState, restore_checkpoint, save_checkpoint
+from ecom2f.steps.parent.state import TrainState, restore_newest_intact, save_checkpoint, seal_checkpoint
 from ecom2f.storage.layout import PARENT_WEIGHTS
 
 
@@ -36,8 +36,8 @@ def train_parent(config: Config, session: TrainingSession, dataset, *, build=bui
         fault: tests only: ``fault(step, rank)`` is called before each step and may raise.
     """
     trainer = build_trainer(config, session.rank, session.device, build)
-    state = restore_checkpoint(trainer.engine, session.latest_checkpoint(), session.rank, session.world_size,
-                               config.parent.zero_stage, config.seed, session.device)
+    state = restore_newest_intact(trainer.engine, checkpoint_candidates(session), session.rank, session.world_size,
+                                  config.parent.zero_stage, config.seed, session.device)
     batches = training_batches(config, dataset, session.rank, session.world_size, session.device,
                                state.samples_consumed)
     exit_sampler = ExitSampler(config.parent_exits, config.parent.exit_weights, seed=config.seed)
@@ -52,12 +52,24 @@ def train_parent(config: Config, session: TrainingSession, dataset, *, build=bui
         done = step + 1
         checkpoint = done % config.parent.checkpoint_period == 0 or done == config.solver.max_iter
         if checkpoint or done % config.parent.log_period == 0:
-            metrics = step_metrics(window, state, trainer, done)
+            metrics = step_metrics(window, state, trainer, done, config)
             if checkpoint:
                 checkpoint_and_report(trainer, state, session, metrics, final=done == config.solver.max_iter)
             else:
                 session.report(metrics)
     return metrics
+
+
+def checkpoint_candidates(session: TrainingSession):
+    """Local folders of the session's checkpoints, newest first: the latest, then (lazily, only when it is
+    damaged) the earlier ones a session offers through ``earlier_checkpoints()``."""
+    latest = session.latest_checkpoint()
+    if latest is None:
+        return
+    yield latest
+    earlier = getattr(session, "earlier_checkpoints", None)
+    if earlier is not None:
+        yield from earlier()
 
 
 def train_step(trainer: ParentTrainer, batches, exits: list[int], accumulation: int) -> dict[int, torch.Tensor]:
@@ -77,22 +89,23 @@ def train_step(trainer: ParentTrainer, batches, exits: list[int], accumulation: 
     return losses
 
 
-def step_metrics(window: LossWindow, state: TrainState, trainer: ParentTrainer, step: int) -> dict:
+def step_metrics(window: LossWindow, state: TrainState, trainer: ParentTrainer, step: int, config: Config) -> dict:
     """What a report says after ``step`` iterations; reading the window is the only device sync."""
-    sums, images_per_s = window.read(step)
-    for k, (total, count) in sums.items():
+    stats = window.read_stats(step)
+    for k, (total, count) in stats.sums.items():
         state.exit_loss_sums[k] = state.exit_loss_sums.get(k, 0.0) + total
         state.exit_counts[k] = state.exit_counts.get(k, 0) + count
     return {
         "step": step,
+        "max_iter": config.solver.max_iter,
         "lr": max(trainer.engine.get_lr()),
-        "images_per_s": images_per_s,
+        "images_per_s": stats.images_per_s,
         "samples_consumed": state.samples_consumed,
         "resumed_from": state.resumed_from,
         "world_size": state.world_size,
         "zero_stage": state.zero_stage,
         "precision": trainer.precision,
-        **{f"loss_exit_{k}": total / count for k, (total, count) in sums.items()},
+        **window_loss_metrics(stats, config.parent.alpha),
         **{f"mean_loss_exit_{k}": state.exit_loss_sums[k] / state.exit_counts[k] for k in sorted(state.exit_counts)},
     }
 
@@ -105,4 +118,5 @@ def checkpoint_and_report(trainer: ParentTrainer, state: TrainState, session: Tr
         if final and session.rank == 0:
             weights = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
             torch.save(weights, f"{staging}/{PARENT_WEIGHTS}")  # copied to <run>/parent/ by the job
+        seal_checkpoint(staging, session.rank)
         session.report(metrics, checkpoint_dir=staging)
