@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import io
 import os
 import shlex
 import sys
@@ -27,6 +29,12 @@ from urllib.parse import urlparse
 import yaml
 
 from ecom2f.errors import UserError
+
+# Ray's packaging of the working directory logs one INFO line per .gitignore it honours (a dozen
+# here) and warns that .git and .venv are "now ignored by default": neither concerns ecom2f, whose
+# runtime environment excludes them anyway. Their loggers are raised to WARNING / ERROR while
+# submitting; Ray's own "Uploading package ..." line stays.
+QUIET_RAY_LOGGERS = {"ray._private.runtime_env.packaging": "WARNING", "ray._private.runtime_env.working_dir": "ERROR"}
 
 # Keys of a Ray runtime environment that a cluster job of ecom2f may set. Others (pip,
 # conda, container) would rebuild the environment the image already provides: rejected,
@@ -111,13 +119,51 @@ def load_runtime_env(path: str | os.PathLike = DEFAULT_RUNTIME_ENV, working_dir:
     return {**env, "working_dir": str(directory), "env_vars": dict(env_vars)}
 
 
+def _parse(argv: list[str], parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """``argv`` parsed by ``parser``; argparse's usage and error lines become one SubmitError."""
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said), contextlib.redirect_stdout(said):
+            return parser.parse_args(argv)
+    except SystemExit:
+        errors = [line.split(": error: ", 1)[1] for line in said.getvalue().splitlines() if ": error: " in line]
+        reason = errors[-1] if errors else "--help prints help, it runs nothing"
+        raise SubmitError(f"`ecom2f {shlex.join(argv)}` is not a valid ecom2f command: {reason}; check it with "
+                          "`ecom2f <command> --help`") from None
+
+
+def _validate_here(args: argparse.Namespace, working_dir: str | None) -> None:
+    """Runs the command's own checks of its arguments and configuration (``args.validate``, the
+    function the command itself starts with) where the configuration file is readable here: a
+    path in the working directory or on this machine. An ``s3://`` configuration, an absolute path
+    that exists only in the cluster's image, or a run named by ``--run`` alone (its saved
+    configuration lives in the cluster's storage) are left to the job."""
+    validate = getattr(args, "validate", None)
+    if validate is None:
+        return
+    config = getattr(args, "config", None)
+    if config is None:
+        if getattr(args, "run", None) is None:  # nothing to read (model-flops --backbone ...): check it all here
+            validate(args)
+        return
+    if "://" in config:
+        return
+    if not os.path.isabs(config):
+        here = Path(working_dir or ".").resolve() == Path.cwd().resolve()
+        config = config if here else str(Path(working_dir) / config)
+    elif not os.path.isfile(config):
+        return
+    validate(argparse.Namespace(**{**vars(args), "config": config}))
+
+
 def entrypoint_for(argv: list[str], working_dir: str | None = None, *, parser: argparse.ArgumentParser) -> str:
-    """The shell command of the job: ``ecom2f <argv>``, after checking it is a real command.
+    """The shell command of the job: ``ecom2f <argv>``, after checking it as the command would.
 
     ``argv`` is parsed with ``parser``, the ``ecom2f`` command's own (``ecom2f.cli.build_parser()``,
     passed in because the command imports this module, not the other way round), so a typo
     fails here rather than minutes later on the cluster. A ``--config`` given as a relative
-    path must exist inside the working directory, the only files the job will see.
+    path must exist inside the working directory, the only files the job will see; the command's
+    configuration (file and overrides) is then validated here as the command would validate it.
     """
     argv = list(argv)
     if argv and argv[0] == "--":
@@ -126,19 +172,33 @@ def entrypoint_for(argv: list[str], working_dir: str | None = None, *, parser: a
         raise SubmitError("no command to submit: give one after --, e.g. ecom2f submit -- config show configs/demo_cpu.yaml")
     if argv[0] in ("ecom2f", "submit"):
         raise SubmitError(f"give the ecom2f subcommand without {argv[0]!r}: ecom2f submit -- train-parent --config ...")
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit:
-        raise SubmitError(f"`ecom2f {shlex.join(argv)}` is not a valid ecom2f command (argparse's reason is above); "
-                          "check it with `ecom2f <command> --help`") from None
+    args = _parse(argv, parser)
     if not getattr(args, "func", None):
         raise SubmitError(f"`ecom2f {shlex.join(argv)}` names no runnable command; see `ecom2f --help`")
     config = getattr(args, "config", None)
-    if isinstance(config, str) and "://" not in config and not os.path.isabs(config) and working_dir:
-        if not (Path(working_dir) / config).is_file():
-            raise SubmitError(f"--config {config!r} is not in the working directory {working_dir!r}, so the job would "
+    if (isinstance(config, str) and "://" not in config and not os.path.isabs(config) and working_dir
+            and not (Path(working_dir) / config).is_file()):
+        raise SubmitError(f"--config {config!r} is not in the working directory {working_dir!r}, so the job would "
                               "not find it: pass a path relative to the repository root, or an s3:// URI")
+    _validate_here(args, working_dir)
     return shlex.join(["ecom2f", *argv])
+
+
+def job_client(address: str):
+    """A Jobs API client of the dashboard at ``address``; nothing listening there is a SubmitError."""
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except ConnectionError:
+        raise SubmitError(
+            f"no Ray dashboard answers at {address}: start the cluster (ray up cluster/aws.yaml), make its "
+            "dashboard reachable here (ray dashboard cluster/aws.yaml, or kubectl port-forward "
+            "svc/ecom2f-head-svc 8265:8265), or fix --address / RAY_ADDRESS"
+        ) from None
+    except RuntimeError as error:  # something answers, but not a Ray dashboard of a usable version
+        raise SubmitError(f"{address} did not answer as a Ray dashboard: {error}; check --address / RAY_ADDRESS "
+                          "(the dashboard's port, 8265 by default)") from None
 
 
 def submit(
@@ -166,16 +226,21 @@ def submit(
         runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **extra_env}
     entrypoint = entrypoint_for(argv, runtime_env.get("working_dir"), parser=parser)
     if client is None:
-        from ray.job_submission import JobSubmissionClient
+        client = job_client(address)
+    import logging
 
-        client = JobSubmissionClient(address)
-    job_id = client.submit_job(
-        entrypoint=entrypoint,
-        runtime_env=runtime_env,
-        submission_id=submission_id,
-        entrypoint_num_cpus=entrypoint_num_cpus,
-        metadata={"submitted_by": "ecom2f submit", "command": entrypoint[:200]},
-    )
+    for name, level in QUIET_RAY_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+    try:
+        job_id = client.submit_job(
+            entrypoint=entrypoint,
+            runtime_env=runtime_env,
+            submission_id=submission_id,
+            entrypoint_num_cpus=entrypoint_num_cpus,
+            metadata={"submitted_by": "ecom2f submit", "command": entrypoint[:200]},
+        )
+    except RuntimeError as error:  # the dashboard's answer, e.g. a submission id already taken
+        raise SubmitError(f"the cluster at {address} refused the job: {error}") from None
     return SubmittedJob(job_id=job_id, address=address, entrypoint=entrypoint)
 
 
@@ -196,7 +261,7 @@ def wait_for_job(client, job_id: str, timeout_s: float | None = None, poll_s: fl
 
         try:
             asyncio.run(asyncio.wait_for(stream(), timeout=timeout_s))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise _still_running(job_id, _status(client, job_id), timeout_s) from None
     while True:  # the stream ends with the job; its status may take a moment to follow
         status = _status(client, job_id)

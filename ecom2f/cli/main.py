@@ -22,12 +22,12 @@ import argparse
 import logging
 import sys
 
-from ecom2f.cli import config, data, model_flops, pq, steps, submit
+from ecom2f.cli import config, convert, data, model_flops, pq, predict, serve, steps, submit
 from ecom2f.errors import UserError
 
 # The order of the commands in ``ecom2f --help``: the steps of a run, then the tools.
 STEP_COMMANDS = (steps,)
-TOOL_COMMANDS = (config, data, submit, model_flops, pq)
+TOOL_COMMANDS = (config, data, submit, model_flops, pq, predict, serve, convert)
 COMMAND_MODULES = STEP_COMMANDS + TOOL_COMMANDS
 
 LOG_FORMAT = "%(asctime)s %(name)s: %(message)s"
@@ -44,10 +44,35 @@ def build_parser() -> argparse.ArgumentParser:
     for module in COMMAND_MODULES:
         module.add_commands(subparsers)
     _record_command_names(parser)
+    for subparser in _subparsers(parser):
+        subparser.formatter_class = HelpFormatter
     # `ecom2f submit` checks the command it sends with this parser; a default is how it gets it
     # without importing this module (which imports it).
     parser.set_defaults(ecom2f_parser=parser)
     return parser
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, with each flag's default after its help (``(default: 200)``) unless the
+    help already says it; flags without a default (None, off switches) show none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (default in (None, False, argparse.SUPPRESS, []) or not action.option_strings
+                or "default" in text or isinstance(action, argparse._HelpAction)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser below ``parser`` (commands, then their subcommands), depth first."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                found += [subparser, *_subparsers(subparser)]
+    return found
 
 
 def _record_command_names(parser: argparse.ArgumentParser) -> None:

@@ -42,7 +42,7 @@ def run_submit(args: argparse.Namespace) -> int:
     Bad input raises :class:`ecom2f.submit.SubmitError` (a ``UserError``) before any
     connection to the cluster.
     """
-    from ecom2f.submit import load_runtime_env, parse_env_pairs, print_submitted, submit, wait_for_job
+    from ecom2f.submit import job_client, load_runtime_env, parse_env_pairs, print_submitted, submit, wait_for_job
 
     runtime_env = load_runtime_env(args.runtime_env, args.working_dir)
     job = submit(args.command, args.address, runtime_env, args.submission_id, parse_env_pairs(args.env),
@@ -50,10 +50,8 @@ def run_submit(args: argparse.Namespace) -> int:
     print_submitted(job)
     if not args.wait:
         return 0
-    from ray.job_submission import JobSubmissionClient
-
     try:
-        status = wait_for_job(JobSubmissionClient(job.address), job.job_id, args.timeout, out=sys.stdout)
+        status = wait_for_job(job_client(job.address), job.job_id, args.timeout, out=sys.stdout)
     except TimeoutError as error:
         print(f"ecom2f submit: {error}", file=sys.stderr)
         return EXIT_STILL_RUNNING

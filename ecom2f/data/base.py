@@ -75,7 +75,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
             raise TooManyBadSamplesError(
                 f"dataset {self.metadata.name!r}: {bad} of {total} samples ({bad / total:.1%}) are bad, more than "
                 f"max_bad_fraction={self.max_bad_fraction:.1%}:\n{self.metadata.problems.summary()}\n"
-                f"Repair the data (`ecom2f data check` lists every problem) or raise max_bad_fraction."
+                f"Repair the data (`ecom2f data check` lists every problem) or raise data.max_bad_fraction."
             )
         if total and not kept and not self._checking:
             raise TooManyBadSamplesError(

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 from ecom2f.data import fileio
 from ecom2f.data.problems import DataProblemError, Problem, ProblemKind, ProblemLog
-from ecom2f.data.registry import build_dataset
+from ecom2f.data.registry import PATH_KEYS, build_dataset, registered_datasets
+from ecom2f.errors import BadInputError, MissingFileError
 
 
 @dataclass
@@ -35,9 +36,9 @@ class CheckReport:
 def _single(pattern_dir: str, pattern: str, what: str, flag: str) -> str:
     found = sorted(glob.glob(os.path.join(pattern_dir, pattern)))
     if len(found) != 1:
-        raise ValueError(
-            f"cannot tell which {what} to use in {pattern_dir}: found {[os.path.basename(f) for f in found]}; "
-            f"pass {flag}"
+        raise BadInputError(
+            f"cannot tell which {what} to use in {pattern_dir}: found {[os.path.basename(f) for f in found]}, and "
+            f"it is not laid out as a registered dataset ({_layouts_hint()}); pass {flag}"
         )
     return found[0]
 
@@ -46,7 +47,64 @@ def _first_dir(root: str, names: list[str], what: str, flag: str) -> str:
     for name in names:
         if name and os.path.isdir(os.path.join(root, name)):
             return os.path.join(root, name)
-    raise ValueError(f"no {what} folder in {root} (looked for {[n for n in names if n]}); pass {flag}")
+    raise BadInputError(f"no {what} folder in {root} (looked for {[n for n in names if n]}); pass {flag}")
+
+
+def _layouts_hint() -> str:
+    return "e.g. detectron2's COCO layout: annotations/panoptic_val2017.json, val2017/, panoptic_val2017/"
+
+
+def _strip_first(path: str) -> str:
+    """``"coco/annotations/x.json"`` -> ``"annotations/x.json"``: a registered path below its dataset folder."""
+    return path.split("/", 1)[1] if "/" in path else path
+
+
+def registered_layouts(root: str, fmt: str, split: str | None = None) -> dict[str, dict]:
+    """``{name: spec}`` of the registered datasets of format ``fmt`` whose files lie in ``root``,
+    laid out as under their own folder (``coco/``, ``cityscapes/``, ``ADEChallengeData2016/``,
+    ``synthetic/``) whatever ``root`` is called (``datasets/coco`` holding
+    ``annotations/panoptic_val2017.json`` is ``coco_2017_val_panoptic``), or as under the data root
+    (``datasets`` holding ``coco/annotations/...``). ``split`` keeps the names that contain it."""
+    found = {}
+    for name, spec in registered_datasets().items():
+        if spec["format"] != fmt or (split and split not in name):
+            continue
+        for place in (_strip_first, lambda path: path):  # root is the dataset's folder, or the data root
+            relocated = {key: (os.path.join(root, place(value)) if key in PATH_KEYS else value)
+                         for key, value in spec.items()}
+            marker = relocated.get("json") or relocated["label_root"]
+            if os.path.exists(marker) and os.path.isdir(relocated["image_root"]):
+                found[name] = {**relocated, "name": name}
+                break
+    return found
+
+
+def specs_from_root(root: str, fmt: str, json_file: str | None = None, image_root: str | None = None,
+                    png_root: str | None = None, label_root: str | None = None, classes=None,
+                    ignore_value: int = 255, split: str | None = None) -> dict[str, dict]:
+    """``{label: spec}`` of the datasets in the local folder ``root``: every registered dataset
+    laid out in it (:func:`registered_layouts`: detectron2's COCO, Cityscapes and ADE20K folders,
+    the synthetic root), else the one dataset of :func:`spec_from_root`. Paths given explicitly
+    always mean the one dataset they name."""
+    if fileio.is_uri(root):  # no listing of object stores here: the paths must be given (--json, ...)
+        spec = spec_from_root(root, fmt, json_file, image_root, png_root, label_root, classes, ignore_value)
+        return {str(spec.get("json") or spec["image_root"]): spec}
+    if not os.path.exists(root):
+        raise MissingFileError(f"dataset folder {root} does not exist; check the path (or give a registered "
+                               "dataset name without --format)")
+    if not os.path.isdir(root):
+        raise BadInputError(f"{root} is a file, not a dataset folder: give the folder that holds it "
+                            "(and --json FILE for an annotation JSON)")
+    explicit = any(value is not None for value in (json_file, image_root, png_root, label_root))
+    if not explicit:
+        found = registered_layouts(root, fmt, split)
+        if found:
+            return found
+        if split:
+            raise BadInputError(f"--split {split}: no registered {fmt} dataset with {split!r} in its name is laid "
+                                f"out in {root} ({_layouts_hint()})")
+    spec = spec_from_root(root, fmt, json_file, image_root, png_root, label_root, classes, ignore_value)
+    return {str(spec.get("json") or spec["image_root"]): spec}
 
 
 def spec_from_root(
@@ -59,7 +117,7 @@ def spec_from_root(
     classes=None,
     ignore_value: int = 255,
 ) -> dict:
-    """A dataset spec for a local directory, guessing the usual names where not given.
+    """A dataset spec for a local directory holding one dataset, guessing the usual names where not given.
 
     coco_panoptic: the one ``*.json`` in root, PNGs in ``<json stem>/``, images in
     ``images/`` (the layout ``ecom2f data synth`` writes) or ``<split>/``.
@@ -79,7 +137,7 @@ def spec_from_root(
         return spec
     if fmt == "semantic":
         if classes is None:
-            raise ValueError("format semantic needs --classes (a number, or comma-separated class names)")
+            raise BadInputError("format semantic needs --classes (a number, or comma-separated class names)")
         return {
             "format": "semantic",
             "image_root": image_root or _first_dir(root, ["images"], "image", "--image-root"),
@@ -87,7 +145,7 @@ def spec_from_root(
             "classes": classes,
             "ignore_value": ignore_value,
         }
-    raise ValueError(f"unknown format {fmt!r}; use coco_panoptic, coco_instances or semantic")
+    raise BadInputError(f"unknown format {fmt!r}; use coco_panoptic, coco_instances or semantic")
 
 
 def check_dataset(spec: str | dict, root: str | None = None) -> CheckReport:

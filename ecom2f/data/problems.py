@@ -92,7 +92,7 @@ class DataProblemError(UserError, ValueError):
             self.problem = None
             return
         super().__init__(
-            f"{problem}. Fix the file, or load with strict=False to skip such samples "
+            f"{problem}. Fix the file, or set data.strict=false (strict=False in build_dataset) to skip such samples "
             f"(run `ecom2f data check` to list every problem)."
         )
         self.problem = problem

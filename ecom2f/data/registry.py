@@ -15,8 +15,9 @@ Formats and their keys:
 
 from __future__ import annotations
 
+import difflib
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from ecom2f.data import fileio
 from ecom2f.data.base import DEFAULT_MAX_BAD_FRACTION, SegmentationDataset
@@ -27,7 +28,7 @@ _REQUIRED = {
     "coco_instances": ("image_root", "json"),
     "semantic": ("image_root", "label_root", "classes"),
 }
-_PATH_KEYS = ("image_root", "json", "png_root", "label_root")
+PATH_KEYS = ("image_root", "json", "png_root", "label_root")
 _REGISTRY: dict[str, dict] = {}
 
 
@@ -41,6 +42,18 @@ def register_dataset(name: str, spec: dict, overwrite: bool = False) -> None:
 
 def registered_datasets() -> dict[str, dict]:
     return {name: dict(spec) for name, spec in sorted(_REGISTRY.items())}
+
+
+def closest_dataset_names(name: str, limit: int = 3) -> list[str]:
+    """The registered names closest to ``name`` (a typo's likely meaning), best first."""
+    return difflib.get_close_matches(name, list(_REGISTRY), n=limit, cutoff=0.6)
+
+
+def unknown_dataset_message(name: str) -> str:
+    """``no dataset named 'x'; did you mean 'y'?`` (or the registered names, when none is close)."""
+    close = closest_dataset_names(name)
+    hint = f"did you mean {' or '.join(map(repr, close))}?" if close else f"registered: {', '.join(sorted(_REGISTRY))}"
+    return f"no dataset named {name!r}; {hint}"
 
 
 def data_root(root: str | None = None) -> str:
@@ -67,15 +80,11 @@ def resolve_spec(spec: str | dict, root: str | None = None) -> dict:
     """The spec of a name (or a dict) with every path made absolute under the data root."""
     if isinstance(spec, str):
         if spec not in _REGISTRY:
-            close = [n for n in _REGISTRY if spec.split("_")[0] in n][:8]
-            raise KeyError(
-                f"no dataset named {spec!r}; registered: {close or sorted(_REGISTRY)[:8]}... "
-                f"(see ecom2f.data.registered_datasets(), or pass a spec dict)"
-            )
+            raise KeyError(f"{unknown_dataset_message(spec)} (or pass a spec dict)")
         spec = _REGISTRY[spec] | {"name": spec}
     _validate(spec, where="dataset spec")
     base = data_root(root)
-    return {k: (_resolve(v, base) if k in _PATH_KEYS else v) for k, v in spec.items()}
+    return {k: (_resolve(v, base) if k in PATH_KEYS else v) for k, v in spec.items()}
 
 
 def build_dataset(
@@ -93,13 +102,13 @@ def build_dataset(
     start when more than ``max_bad_fraction`` of them are bad.
     """
     spec = resolve_spec(spec, root)
-    common = dict(
-        strict=strict,
-        max_bad_fraction=max_bad_fraction,
-        transform=transform,
-        name=spec.get("name"),
-        check_only=check_only,
-    )
+    common = {
+        "strict": strict,
+        "max_bad_fraction": max_bad_fraction,
+        "transform": transform,
+        "name": spec.get("name"),
+        "check_only": check_only,
+    }
     fmt = spec["format"]
     # Imported per format: only COCO instances needs pycocotools.
     if fmt == "coco_panoptic":

@@ -16,7 +16,7 @@ from ecom2f.errors import MissingStepError, UserError
 from tests.conftest import REPO_ROOT
 
 STEP_COMMANDS = ["train-parent", "build-depth", "depth-labels", "tune-gate", "evaluate", "report", "pipeline"]
-TOOL_COMMANDS = ["config", "data", "submit", "model-flops", "pq"]
+TOOL_COMMANDS = ["config", "data", "submit", "model-flops", "pq", "predict", "serve", "convert"]
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -42,8 +42,9 @@ def test_every_step_command_takes_the_same_run_config_arguments():
     for name in STEP_COMMANDS:
         args = commands[name].parse_args(["--config", "c.yaml", "--storage", "s3://b/r", "--run", "x", "a.b=1", "c=2"])
         assert (args.config, args.storage, args.run, args.overrides) == ("c.yaml", "s3://b/r", "x", ["a.b=1", "c=2"])
-        with pytest.raises(SystemExit):  # --config is required
-            commands[name].parse_args([])
+        # --config is optional (--run RUN alone uses the run's saved configuration); naming neither is
+        # refused when the command starts (tests/cli/test_run_only.py).
+        assert commands[name].parse_args(["--run", "runs/demo"]).config is None
 
 
 def test_every_cli_module_that_adds_commands_is_listed():

@@ -158,6 +158,7 @@ def test_runtime_env_uploads_code_but_not_builds_data_or_secrets():
     assert set(raw) <= set(RUNTIME_ENV_KEYS) and raw["working_dir"] == "."
     for pattern in (".git", ".venv", "*.so", "runs/", "datasets/", "weights/"):
         assert pattern in raw["excludes"], pattern
-    assert raw["env_vars"] == {"RAY_TRAIN_V2_ENABLED": "1", "PYTHONUNBUFFERED": "1"}
+    assert raw["env_vars"] == {"RAY_TRAIN_V2_ENABLED": "1", "PYTHONUNBUFFERED": "1",
+                               "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
     loaded = load_runtime_env(CLUSTER / "runtime_env.yaml", working_dir=str(REPO_ROOT))
     assert loaded["working_dir"] == str(REPO_ROOT)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from ecom2f.cli import build_parser, main
+from ecom2f.errors import UserError
 from ecom2f.submit import SubmitError, dashboard_address, load_runtime_env, parse_env_pairs, submit
 from ecom2f.submit import entrypoint_for as library_entrypoint_for
 from tests.conftest import REPO_ROOT
@@ -90,9 +91,10 @@ def test_bad_input_fails_before_contacting_any_cluster(tmp_path, capsys, monkeyp
     code, out, err = _cli(["--", "config", "show", "configs/demo_cpu.yaml"], capsys)
     assert code == 2 and err.startswith("ecom2f submit: error: no cluster address: set RAY_ADDRESS") and not out
     code, out, err = _cli(["--address", "http://127.0.0.1:9", "--", "config", "shwo"], capsys)
-    # argparse's own two lines about `config shwo`, then ecom2f's one line.
-    assert code == 2 and "invalid choice: 'shwo'" in err
-    assert err.splitlines()[-1].startswith("ecom2f submit: error: `ecom2f config shwo` is not a valid ecom2f command")
+    # argparse's reason folded into ecom2f's one line
+    assert code == 2 and err == ("ecom2f submit: error: `ecom2f config shwo` is not a valid ecom2f command: argument "
+                                 "ACTION: invalid choice: 'shwo' (choose from 'show'); check it with "
+                                 "`ecom2f <command> --help`\n")
     code, out, err = _cli(["--address", "http://127.0.0.1:9", "--env", "RAY_ADDRESS=x", "--", "data", "synth", "d"],
                           capsys)
     assert code == 2 and err == ("ecom2f submit: error: --env RAY_ADDRESS=...: the job's driver gets its cluster "
@@ -100,3 +102,59 @@ def test_bad_input_fails_before_contacting_any_cluster(tmp_path, capsys, monkeyp
     with pytest.raises(SubmitError, match="runtime environment file"):
         submit(["data", "synth", "d"], "http://127.0.0.1:9", load_runtime_env(tmp_path / "nope.yaml"),
                parser=build_parser())
+
+
+def _free_port() -> int:
+    """A loopback port nothing listens on (never 8265: another test's cluster may be there)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_cluster_that_does_not_answer_is_one_line(tmp_path, capsys, monkeypatch):
+    """Formerly ~80 lines of requests/urllib3 traceback."""
+    monkeypatch.chdir(REPO_ROOT)
+    address = f"http://127.0.0.1:{_free_port()}"
+    code, out, err = _cli(["--address", address, "--", "config", "show", "configs/demo_cpu.yaml"], capsys)
+    assert code == 2 and not out
+    assert err == (f"ecom2f submit: error: no Ray dashboard answers at {address}: start the cluster (ray up "
+                   "cluster/aws.yaml), make its dashboard reachable here (ray dashboard cluster/aws.yaml, or kubectl "
+                   "port-forward svc/ecom2f-head-svc 8265:8265), or fix --address / RAY_ADDRESS\n")
+
+
+def test_the_command_is_validated_here_before_anything_is_uploaded(tmp_path, capsys, monkeypatch):
+    """docs/cluster.md's promise: a bad key of the config or of the overrides fails on the laptop in
+    seconds, with the message the command itself would print, before any connection."""
+    import time
+
+    monkeypatch.chdir(REPO_ROOT)
+    address = f"http://127.0.0.1:{_free_port()}"
+    start = time.monotonic()
+    code, out, err = _cli(["--address", address, "--", "train-parent", "--config", "configs/demo_cpu.yaml",
+                           "solver.base_lrr=1"], capsys)
+    assert code == 2 and not out and err == (
+        "ecom2f submit: error: invalid configuration (configs/demo_cpu.yaml with overrides ['solver.base_lrr=1']): "
+        "solver.base_lrr: unknown key; did you mean 'base_lr'?\n")
+    assert time.monotonic() - start < 10
+    code, out, err = _cli(["--address", address, "--", "depth-labels", "--config", "configs/demo_cpu.yaml",
+                           "--betas", "-1"], capsys)
+    assert code == 2 and err.startswith("ecom2f submit: error: --betas -1: a trade-off must be a finite number >= 0")
+    code, out, err = _cli(["--address", address, "--", "model-flops", "--backbone", "resnet5O"], capsys)
+    assert code == 2 and "'resnet5O' is not allowed" in err
+    # from another folder, a relative --config is read from the working directory the job uploads
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"solver.base_lrr: unknown key; did you mean 'base_lr'\?"):
+        entrypoint_for(["train-parent", "--config", "configs/demo_cpu.yaml", "solver.base_lrr=1"], str(REPO_ROOT))
+    assert entrypoint_for(["train-parent", "--config", "configs/demo_cpu.yaml", "solver.base_lr=1e-4"],
+                          str(REPO_ROOT)).endswith("solver.base_lr=1e-4")
+
+
+def test_what_only_the_cluster_can_read_is_left_to_the_job(tmp_path):
+    """An s3:// config, an absolute path that exists only in the image, or a run named by --run alone
+    (its saved config lives in the cluster's storage) cannot be read here: the job checks them."""
+    assert entrypoint_for(["train-parent", "--config", "s3://b/c.yaml", "bad.key=1"], str(tmp_path))
+    assert entrypoint_for(["train-parent", "--config", "/opt/ecom2f/configs/x.yaml", "bad.key=1"], str(tmp_path))
+    assert entrypoint_for(["report", "--run", "s3://b/runs/demo"], str(tmp_path)) == \
+        "ecom2f report --run s3://b/runs/demo"

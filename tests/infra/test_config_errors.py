@@ -48,7 +48,7 @@ def test_defaults_are_mask2formers_coco_recipe():
         (
             {"x": 1},
             "x: unknown key; valid keys here: 'model', 'data', 'solver', 'parent', 'depth', 'gate', "
-            "'evaluation', 'storage', 'ray', 'seed'",
+            "'evaluation', 'storage', 'ray', 'serving', 'seed'",
         ),
     ],
 )
