@@ -59,7 +59,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--force", action="store_true", help="rerun even if the evaluation is complete")
     _add_step(subparsers, "report", run_report,
               "write <run>/report/report.md and its plots from the evaluation and the depth table",
-              "Needs a complete evaluation; the depth-table plots need a complete depth table.", writes=False)
+              "Needs a complete evaluation; the depth-table plots need a complete depth table.")
     _add_step(subparsers, "pipeline", run_pipeline_command,
               "run ECO-M2F end to end: parent -> depth table -> gates -> evaluation -> report",
               "Runs every step whose artifact is missing under <storage>/<run>; a rerun resumes where the last "
@@ -178,8 +178,9 @@ def run_report(args: argparse.Namespace) -> int:
     """The report; prints the URI of ``report.md``."""
     config = args.validate(args)
     from ecom2f.report import write_report
+    from ecom2f.steps.runs import writing_run
 
-    with removed_if_refused(config):
+    with removed_if_refused(config), writing_run(config):  # one writer per run: it holds the run's lease
         print(f"report: {write_report(config)}")
     return 0
 

@@ -117,6 +117,32 @@ def run_submit_cli(argv: list[str]) -> tuple[int, str]:
     return code, out.getvalue()
 
 
+# Distinctive fake credentials in the environment of the head and of `ecom2f submit`: none may
+# appear in a job's logs, the artifacts or Ray's session logs (tests/faults covers the steps).
+FAKE_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "AKIAECOM2FSUBMITTRIPWIRE",
+    "AWS_SECRET_ACCESS_KEY": "ecom2f-submit-secret-tripwire-0123456789abcdef",
+    "AWS_SESSION_TOKEN": "ecom2f-submit-session-tripwire-token",
+}
+
+
+def credential_hits(client, job_ids: list[str], folders: list[str]) -> dict:
+    """Where the fake credentials appear: job logs, then every file under ``folders``."""
+    secrets = [value.encode() for value in FAKE_CREDENTIALS.values()]
+    hits, files = [], 0
+    for job_id in job_ids:
+        logs = client.get_job_logs(job_id).encode()
+        hits += [f"job {job_id} logs" for secret in secrets if secret in logs]
+    for folder in folders:
+        for path in Path(folder).rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                files += 1
+                with contextlib.suppress(OSError):
+                    data = path.read_bytes()
+                    hits += [str(path) for secret in secrets if secret in data]
+    return {"hits": sorted(set(hits)), "files": files, "jobs": len(job_ids)}
+
+
 def main(result_path: str, artifact_dir: str, in_namespace: bool) -> int:
     if in_namespace:
         bring_loopback_up()
@@ -129,6 +155,7 @@ def main(result_path: str, artifact_dir: str, in_namespace: bool) -> int:
         "RAY_USAGE_STATS_ENABLED": "0",
         # The job's `ecom2f` and `python` are this environment's, as the image's are on PATH there.
         "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+        **FAKE_CREDENTIALS,
     }
     env.pop("RAY_ADDRESS", None)
     result: dict = {"in_namespace": in_namespace}
@@ -146,7 +173,7 @@ def main(result_path: str, artifact_dir: str, in_namespace: bool) -> int:
         if started.returncode != 0:
             return 1
         result["start_s"] = round(time.monotonic() - start, 1)
-        os.environ.update({k: env[k] for k in ("RAY_AUTH_MODE", "PATH")})
+        os.environ.update({k: env[k] for k in ("RAY_AUTH_MODE", "PATH", *FAKE_CREDENTIALS)})
         address = f"http://127.0.0.1:{dashboard_port}"
         os.environ["RAY_ADDRESS"] = address  # the CLI's default, as a user would set it
 
@@ -174,6 +201,10 @@ def main(result_path: str, artifact_dir: str, in_namespace: bool) -> int:
         result["synth"]["listed"] = {job.submission_id: str(job.status).rsplit(".", 1)[-1] for job in client.list_jobs()}
         result["synth"]["id"] = synth_id
         result["listening"] = listening_sockets()
+        failing_id = next(line.split()[2].rstrip(":") for line in failing_output.splitlines()
+                          if line.startswith("submitted job"))
+        result["credentials"] = credential_hits(client, [synth_id, failing_id, probe_id],
+                                                [artifact_dir, os.path.join(temp_dir, "session_latest", "logs")])
         return 0
     finally:
         result["stopped_processes"] = stop_descendants()

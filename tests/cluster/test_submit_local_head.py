@@ -73,8 +73,14 @@ def test_submit_to_a_local_head_runs_the_job_with_working_dir_code_and_installed
     assert f"{artifacts}/missing" in failing["output"] and failing["output"].rstrip().endswith(": FAILED")
     failing_id = next(line.split()[2].rstrip(":") for line in failing["output"].splitlines()
                       if line.startswith("submitted job"))
-    assert f"error: cannot tell which annotation JSON to use in {artifacts}/missing" in failing["output"]
+    assert f"error: dataset folder {artifacts}/missing does not exist" in failing["output"]
     assert result["synth"]["listed"][failing_id] == "FAILED"
+
+    # The fake AWS credentials in the environment of the head and of `ecom2f submit` appear in no
+    # job log, no artifact and no Ray session log.
+    credentials = result["credentials"]
+    assert credentials["jobs"] == 3 and credentials["files"] > 10, credentials
+    assert credentials["hits"] == [], credentials["hits"]
 
     # 2. The runtime environment's split: code from the uploaded working dir, the compiled
     # op (excluded from the upload as *.so) from the installed package, as on the image.

@@ -258,3 +258,22 @@ def test_force_unlock_on_the_command_line_takes_the_run_over(tmp_path, tiny_data
     assert "lost the lease" in errors  # the old holder knows
     assert not Path(lease_uri).exists()  # released by the forcing command at its end
     assert not (runs / "demo" / "config.yaml").exists()  # refused before saving the configuration
+
+
+def test_a_lone_report_refuses_while_another_job_writes_the_run(tmp_path, tiny_data_root):
+    """`ecom2f report` writes <run>/report/: it takes the lease as the steps do."""
+    runs = tmp_path / "runs"
+    holder = _holder(str(runs / "demo" / "_LEASE.json"), "pipeline-still-running")
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "ecom2f.cli", "report", "--config", "configs/demo_cpu.yaml", "--storage", str(runs),
+             *TINY_OVERRIDES, f"data.root={tiny_data_root}"],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    lines = [line for line in result.stderr.splitlines() if line.startswith("ecom2f report: error:")]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
+    assert "pipeline-still-running" in lines[0] and "--force-unlock" in lines[0]
+    report = runs / "demo" / "report"
+    assert not report.exists() or not any(report.iterdir())  # nothing written
