@@ -43,3 +43,26 @@ def ray_cluster(s3_server):
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     yield ray
     ray.shutdown()
+
+
+LEAKED_LEASES_LOG = os.environ.get("ECOM2F_LEAKED_LEASES_LOG")
+
+
+@pytest.fixture(autouse=True)
+def _no_lease_outlives_its_test(request):
+    """A test that opens a run (``open_run``) without closing it would leave the lease's heartbeat
+    thread renewing into a storage the test has already torn down; the CLI's process exit
+    releases it in real use (atexit). Released here, after each test, and named in the log."""
+    yield
+    from ecom2f.storage import lease
+
+    with lease._held_lock:
+        leaked = list(lease._held)
+    if leaked:
+        try:
+            lease._release_all()
+        except Exception as error:  # noqa: BLE001 - the storage may be gone with the test: expiry covers it
+            print(f"leaked lease of {request.node.nodeid} not released: {error}")
+        if LEAKED_LEASES_LOG:
+            with open(LEAKED_LEASES_LOG, "a") as log:
+                log.write(f"{request.node.nodeid}: {leaked}\n")

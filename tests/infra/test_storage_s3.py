@@ -182,7 +182,7 @@ def test_pyarrow_filesystem_pickles_for_ray_workers_without_the_secret(s3_bucket
 def test_the_run_configs_storage_settings_reach_this_process_and_the_ones_it_starts(s3_server, s3_bucket,
                                                                                      monkeypatch, tmp_path):
     from ecom2f.config import load_config
-    from ecom2f.steps.runs import open_run
+    from ecom2f.steps.runs import writing_run
     from tests.conftest import REPO_ROOT
 
     for name in storage_s3.OPTION_ENV.values():  # whatever open_run sets is undone after the test
@@ -192,23 +192,23 @@ def test_the_run_configs_storage_settings_reach_this_process_and_the_ones_it_sta
         f"storage.root={s3_bucket}/runs", "storage.retry_mode=standard", "storage.max_attempts=3",
         "storage.multipart_threshold_mb=8", "storage.multipart_chunksize_mb=5",
     ])
-    open_run(config)
-    options = storage.environment_options()  # what a call without options uses
-    assert (options.retry_mode, options.max_attempts) == ("standard", 3)
-    assert (options.multipart_threshold_bytes, options.multipart_chunksize_bytes) == (8 << 20, 5 << 20)
-    assert storage_s3.client(options).meta.config.retries == {"mode": "standard", "total_max_attempts": 3}
-    # A 9 MiB upload with the run's 8 MiB threshold goes in parts of 5 MiB (two parts).
-    source = tmp_path / "big.bin"
-    source.write_bytes(os.urandom(9 << 20))
-    storage.upload_file(source, f"{s3_bucket}/runs/big.bin")
-    bucket, key = storage_s3.split_s3_uri(f"{s3_bucket}/runs/big.bin")
-    head = s3_server.client().head_object(Bucket=bucket, Key=key)
-    assert head["ETag"].strip('"').endswith("-2")  # a multipart ETag carries its part count
-    # A child process (a DataLoader worker, a Ray worker given the run's environment) reads the same.
-    code = ("from ecom2f import storage; o = storage.environment_options(); "
-            "print(o.retry_mode, o.max_attempts, o.multipart_threshold_bytes)")
-    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
-    assert child.stdout.split() == ["standard", "3", str(8 << 20)], child.stderr[-2000:]
+    with writing_run(config):  # open_run, then close_run: the lease it takes is released
+        options = storage.environment_options()  # what a call without options uses
+        assert (options.retry_mode, options.max_attempts) == ("standard", 3)
+        assert (options.multipart_threshold_bytes, options.multipart_chunksize_bytes) == (8 << 20, 5 << 20)
+        assert storage_s3.client(options).meta.config.retries == {"mode": "standard", "total_max_attempts": 3}
+        # A 9 MiB upload with the run's 8 MiB threshold goes in parts of 5 MiB (two parts).
+        source = tmp_path / "big.bin"
+        source.write_bytes(os.urandom(9 << 20))
+        storage.upload_file(source, f"{s3_bucket}/runs/big.bin")
+        bucket, key = storage_s3.split_s3_uri(f"{s3_bucket}/runs/big.bin")
+        head = s3_server.client().head_object(Bucket=bucket, Key=key)
+        assert head["ETag"].strip('"').endswith("-2")  # a multipart ETag carries its part count
+        # A child process (a DataLoader worker, a Ray worker given the run's environment) reads the same.
+        code = ("from ecom2f import storage; o = storage.environment_options(); "
+                "print(o.retry_mode, o.max_attempts, o.multipart_threshold_bytes)")
+        child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+        assert child.stdout.split() == ["standard", "3", str(8 << 20)], child.stderr[-2000:]
 
 
 def test_a_worker_rebuilding_the_run_config_takes_its_storage_settings(monkeypatch):
