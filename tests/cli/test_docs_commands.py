@@ -87,14 +87,14 @@ def test_documented_command_parses(command):
 @pytest.mark.parametrize("command", [c for _, c in COMMANDS if any(f"ecom2f {q}" in c for q in QUICK)])
 def test_quick_documented_command_runs(command):
     result = subprocess.run([sys.executable, "-m", "ecom2f", *shlex.split(command)[1:]], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip(), command
 
 
 def test_make_targets_named_in_the_readme_exist():
     makefile = (REPO_ROOT / "Makefile").read_text()
-    targets = set(re.findall(r"^([\w-]+):", makefile, flags=re.M))
+    targets = set(re.findall(r"^([\w-]+):", makefile, flags=re.MULTILINE))
     named = set(re.findall(r"`make ([\w-]+)`", (REPO_ROOT / "README.md").read_text()))
     assert named and named <= targets, named - targets
 

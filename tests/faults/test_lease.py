@@ -95,10 +95,12 @@ def test_a_holder_elsewhere_is_taken_over_only_after_its_lease_expires(lease_uri
 
 
 def test_the_heartbeat_keeps_a_lease_alive_past_its_ttl(lease_uri):
-    lease = RunLease.acquire(lease_uri, ttl_s=0.5, job_id="job-alive")
+    # A TTL of seconds, not fractions: on a loaded 2-core machine the other process's start and a
+    # starved heartbeat thread must not look like an expired holder.
+    lease = RunLease.acquire(lease_uri, ttl_s=2.0, job_id="job-alive")
     try:
         first = json.loads(storage.read_text(lease_uri))
-        time.sleep(2.2)  # 4 TTLs: without renewal it would have expired
+        time.sleep(4.5)  # over 2 TTLs: without renewal it would have expired
         renewed = json.loads(storage.read_text(lease_uri))
         assert renewed["token"] == first["token"] and renewed["renewed"] > first["renewed"]
         with pytest.raises(RunLockedError, match="job-alive"):
