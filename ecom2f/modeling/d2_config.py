@@ -8,11 +8,12 @@ names the offending key.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
 
-from ecom2f.config.model import ModelConfig
+from ecom2f.config.model import CriterionConfig, ModelConfig
 from ecom2f.modeling.swin import SWIN_SPECS
 
 __all__ = ["load_d2_yaml", "model_config_from_d2", "model_config_to_d2", "save_d2_yaml"]
@@ -184,17 +185,24 @@ def _test_section(m: dict, test: dict) -> dict:
     }
 
 
+# ModelConfig's criterion fields -> MODEL.MASK_FORMER keys.
+_CRITERION_KEYS = {
+    "class_weight": "CLASS_WEIGHT", "mask_weight": "MASK_WEIGHT", "dice_weight": "DICE_WEIGHT",
+    "no_object_weight": "NO_OBJECT_WEIGHT", "num_points": "TRAIN_NUM_POINTS", "oversample_ratio": "OVERSAMPLE_RATIO",
+    "importance_sample_ratio": "IMPORTANCE_SAMPLE_RATIO", "deep_supervision": "DEEP_SUPERVISION",
+}
+
+
+def criterion_section(source: Mapping, keys: Mapping[str, str]) -> dict:
+    """The criterion section from a checkpoint's config: ``keys`` maps each field to the source's
+    key; an absent key takes :class:`CriterionConfig`'s default (Mask2Former's), in its type."""
+    defaults = CriterionConfig()
+    return {field: type(getattr(defaults, field))(source.get(key, getattr(defaults, field)))
+            for field, key in keys.items()}
+
+
 def _criterion_section(former: dict) -> dict:
-    return {
-        "class_weight": float(former.get("CLASS_WEIGHT", 2.0)),
-        "mask_weight": float(former.get("MASK_WEIGHT", 5.0)),
-        "dice_weight": float(former.get("DICE_WEIGHT", 5.0)),
-        "no_object_weight": float(former.get("NO_OBJECT_WEIGHT", 0.1)),
-        "num_points": int(former.get("TRAIN_NUM_POINTS", 12544)),
-        "oversample_ratio": float(former.get("OVERSAMPLE_RATIO", 3.0)),
-        "importance_sample_ratio": float(former.get("IMPORTANCE_SAMPLE_RATIO", 0.75)),
-        "deep_supervision": bool(former.get("DEEP_SUPERVISION", True)),
-    }
+    return criterion_section(former, _CRITERION_KEYS)
 
 
 # ----------------------------------------------------------------------------- ModelConfig -> detectron2 YAML

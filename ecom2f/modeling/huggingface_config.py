@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from ecom2f.config.model import ModelConfig
 from ecom2f.errors import BadInputError
 from ecom2f.modeling.class_info import ClassInfo
+from ecom2f.modeling.d2_config import criterion_section
 from ecom2f.modeling.resnet import RESNET_DEPTHS
 from ecom2f.modeling.swin import SWIN_SPECS
 
@@ -105,6 +106,14 @@ def _pixel_scale(preprocessor: Mapping | None) -> tuple[list[float], list[float]
     return [float(m) / scale for m in mean], [float(s) / scale for s in std]
 
 
+# ModelConfig's criterion fields -> transformers config.json keys.
+_CRITERION_KEYS = {
+    "class_weight": "class_weight", "mask_weight": "mask_weight", "dice_weight": "dice_weight",
+    "no_object_weight": "no_object_weight", "num_points": "train_num_points", "oversample_ratio": "oversample_ratio",
+    "importance_sample_ratio": "importance_sample_ratio", "deep_supervision": "use_auxiliary_loss",
+}
+
+
 def model_config_from_hf(config: Mapping, preprocessor: Mapping | None = None,
                          classes: ClassInfo | None = None) -> ModelConfig:
     """The :class:`ModelConfig` of a transformers Mask2Former ``config.json`` (a dict).
@@ -138,14 +147,7 @@ def model_config_from_hf(config: Mapping, preprocessor: Mapping | None = None,
         "pixel_mean": mean,
         "pixel_std": std,
         "test": {f"{task}_on": task in classes.tasks for task in ("semantic", "instance", "panoptic")},
-        "criterion": {"class_weight": float(config.get("class_weight", 2.0)),
-                      "mask_weight": float(config.get("mask_weight", 5.0)),
-                      "dice_weight": float(config.get("dice_weight", 5.0)),
-                      "no_object_weight": float(config.get("no_object_weight", 0.1)),
-                      "num_points": int(config.get("train_num_points", 12544)),
-                      "oversample_ratio": float(config.get("oversample_ratio", 3.0)),
-                      "importance_sample_ratio": float(config.get("importance_sample_ratio", 0.75)),
-                      "deep_supervision": bool(config.get("use_auxiliary_loss", True))},
+        "criterion": criterion_section(config, _CRITERION_KEYS),
     }
     return ModelConfig.model_validate(tree)
 
